@@ -1,0 +1,136 @@
+"""The ``mlp`` command.
+
+Subcommands come from the entry-point group ``mlp.commands`` of whatever mlp packages are
+installed. Each entry point names a :class:`Command` in a light module: ``mlp --help`` loads
+those modules only, and a command imports its heavy dependencies (torch, pandas, onnxruntime)
+inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mlp_core.errors import MlpError, RegistryError
+from mlp_core.registry import Registry
+from mlp_core.versions import mlp_packages
+
+COMMANDS_GROUP = "mlp.commands"
+
+# Where each command of the platform lives, so a missing one can say what to install.
+KNOWN_COMMANDS = {
+    "doctor": "mlp-obs",
+    "train": "mlp-train",
+    "evaluate": "mlp-train",
+    "export": "mlp-serve[export]",
+    "serve": "mlp-serve",
+    "predict": "mlp-serve",
+    "demo": "mlp-serve[export] mlp-train",
+}
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its one-line help, how it adds its arguments, and what it runs."""
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+commands: Registry[Command] = Registry("command", group=COMMANDS_GROUP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    missing = {name: pkg for name, pkg in KNOWN_COMMANDS.items() if name not in commands}
+    epilog = None
+    if missing:
+        epilog = "not installed: " + ", ".join(
+            f"{name} ({pkg})" for name, pkg in sorted(missing.items())
+        )
+    parser = argparse.ArgumentParser(
+        prog="mlp",
+        description="Train, evaluate, export and serve models.",
+        epilog=epilog,
+    )
+    parser.add_argument(
+        "--version", action="store_true", help="list the installed mlp packages and exit"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=bool(os.environ.get("MLP_DEBUG")),
+        help="show the full traceback of errors (also MLP_DEBUG=1)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in commands.names():
+        try:
+            command = commands.get(name)
+        except RegistryError as exc:
+            # One broken plugin must not take the whole command line down with it.
+            command = _broken(exc)
+        sub_parser = sub.add_parser(name, help=command.help, description=command.help)
+        command.configure(sub_parser)
+    return parser
+
+
+def _broken(error: RegistryError) -> Command:
+    def fail(args: argparse.Namespace) -> int:
+        raise error
+
+    return Command(help=f"(cannot be loaded: {error.message})", configure=lambda p: None, run=fail)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    missing = _missing_command(args_list)
+    if missing:
+        name, package = missing
+        print(
+            f"mlp: `mlp {name}` is provided by {package}, which is not installed.\n"
+            f"  hint: pip install {package}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if args.version:
+        for package, version in mlp_packages().items():
+            print(f"{package} {version}")
+        return EXIT_OK
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        result = commands.get(args.command).run(args)
+    except MlpError as exc:
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print("(pass --debug for the traceback)", file=sys.stderr)
+        print(f"mlp {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"mlp {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_OK if result is None else int(result)
+
+
+def _missing_command(argv: list[str]) -> tuple[str, str] | None:
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    if first is None or first in commands or first not in KNOWN_COMMANDS:
+        return None
+    return first, KNOWN_COMMANDS[first]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

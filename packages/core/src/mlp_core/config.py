@@ -1,0 +1,269 @@
+"""Configuration: YAML files validated by pydantic models.
+
+A config has the sections ``data``, ``model``, ``training`` and ``serve``. It is read from one
+YAML file holding the sections, or from a folder holding ``data_config.yaml``,
+``model_config.yaml`` and ``training_config.yaml`` (and optionally ``serve_config.yaml``).
+``--set training.epochs=3`` overrides any key; values are parsed as YAML, so ``3`` is an int,
+``true`` a bool and ``[64, 32]`` a list.
+
+The packages that own a section extend it by subclassing its model and :class:`MlpConfig`::
+
+    class TrainingSection(mlp_core.config.TrainingSection):
+        optimizer: str = "adamw"
+
+    class TrainConfig(MlpConfig):
+        training: TrainingSection = TrainingSection()
+
+    cfg = load_config("examples/penguins", ["training.epochs=3"], schema=TrainConfig)
+
+A bad config raises one :class:`ConfigError` listing every problem with its file, key path,
+what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlp_core.errors import ConfigError
+from mlp_core.files import atomic_write_text
+
+SECTIONS = ("data", "model", "training", "serve")
+SECTION_FILES = {section: f"{section}_config.yaml" for section in SECTIONS}
+REQUIRED_SECTION_FILES = ("data", "model", "training")
+OVERRIDE_SOURCE = "--set"
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSection(Section):
+    adapter: str = Field("csv", description="registered data adapter name")
+    path: Path | None = Field(None, description="file or folder the adapter reads")
+    batch_size: int = Field(32, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelSection(Section):
+    # A model's own keyword arguments sit beside its name and are checked by the model's typed
+    # signature when it is created, so this section alone accepts extra keys.
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = Field(..., description="registered model name")
+
+
+class TrainingSection(Section):
+    epochs: int = Field(10, gt=0)
+    seed: int = Field(42, ge=0, lt=2**32)
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    run_dir: Path = Field(Path("runs"), description="folder that holds the run folders")
+    experiment: str = Field("default", description="experiment name in the tracker")
+
+
+class ServeSection(Section):
+    host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535)
+
+
+class MlpConfig(BaseModel):
+    """The whole configuration; ``model`` is required, the other sections have defaults."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    data: DataSection = DataSection()
+    model: ModelSection
+    training: TrainingSection = TrainingSection()
+    serve: ServeSection = ServeSection()
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    schema: type[C] = MlpConfig,  # type: ignore[assignment]
+) -> C:
+    """Read, override and validate a config from a YAML file or a folder of section files."""
+    raw, sources = _read(Path(path))
+    problems: list[str] = []
+    for override in overrides:
+        try:
+            _apply_override(raw, sources, override)
+        except ConfigError as exc:
+            problems.append(exc.message)
+    if problems:
+        raise _config_error(problems)
+    return validate_config(raw, schema=schema, sources=sources)
+
+
+def validate_config(
+    raw: dict[str, Any],
+    *,
+    schema: type[C] = MlpConfig,  # type: ignore[assignment]
+    sources: dict[str, str] | None = None,
+) -> C:
+    """Validate a plain dict; ``sources`` maps a section to the file it came from."""
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error([_describe(err, sources or {}) for err in exc.errors()]) from None
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML; loading it back gives an equal config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(config: BaseModel, path: str | os.PathLike[str]) -> Path:
+    return atomic_write_text(path, dump_config(config))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"training": {"epochs": 3}}`` -> ``{"training.epochs": 3}`` (lists kept as values)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    if path.is_dir():
+        return _read_folder(path)
+    if not path.exists():
+        raise ConfigError(
+            f"config {path} does not exist",
+            hint="Pass a YAML file with the sections data, model and training, or a folder with "
+            + ", ".join(SECTION_FILES[s] for s in REQUIRED_SECTION_FILES)
+            + ".",
+        )
+    document = _read_yaml(path)
+    return document, dict.fromkeys([*SECTIONS, *document], str(path))
+
+
+def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    missing = [SECTION_FILES[s] for s in REQUIRED_SECTION_FILES if not (folder / SECTION_FILES[s]).exists()]
+    if missing:
+        raise ConfigError(
+            f"config folder {folder} lacks {', '.join(missing)}",
+            hint="A config folder holds data_config.yaml, model_config.yaml and training_config.yaml.",
+        )
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for section, filename in SECTION_FILES.items():
+        file = folder / filename
+        if not file.exists():
+            continue
+        document = _read_yaml(file)
+        # Accept both the bare section body and a file that wraps it in its section key.
+        if set(document) == {section} and isinstance(document[section], dict):
+            document = document[section]
+        raw[section] = document
+        sources[section] = str(file)
+    return raw, sources
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of keys to values, got {type(document).__name__}"
+        )
+    return document
+
+
+# -- overrides -----------------------------------------------------------------------------------
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """``"training.epochs=3"`` -> ``(["training", "epochs"], 3)``."""
+    key, sep, text = override.partition("=")
+    keys = key.strip().split(".")
+    if not sep or not all(keys):
+        raise ConfigError(
+            f"{OVERRIDE_SOURCE} {override!r}: expected key.path=value, e.g. training.epochs=3"
+        )
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text  # not YAML: keep the literal string and let validation judge it
+    return keys, value
+
+
+def _apply_override(raw: dict[str, Any], sources: dict[str, str], override: str) -> None:
+    keys, value = parse_override(override)
+    if keys[0] not in SECTIONS:
+        raise ConfigError(
+            f"{OVERRIDE_SOURCE} {override!r}: unknown section {keys[0]!r}; "
+            f"expected one of {', '.join(SECTIONS)}"
+        )
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            path = ".".join(keys[: depth + 1])
+            raise ConfigError(
+                f"{OVERRIDE_SOURCE} {override!r}: {path} holds {child!r}, not a mapping"
+            )
+        node = child
+    node[keys[-1]] = value
+    sources.setdefault(keys[0], OVERRIDE_SOURCE)
+    sources[".".join(keys)] = OVERRIDE_SOURCE
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+def _describe(error: dict[str, Any], sources: dict[str, str]) -> str:
+    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    source = _source_of(path, sources)
+    expected = error["msg"]
+    if error["type"] == "missing":
+        return f"{source}: {path}: required key is missing"
+    if error["type"] == "extra_forbidden":
+        return f"{source}: {path}: unknown key (given {error['input']!r})"
+    return f"{source}: {path}: {expected[0].lower()}{expected[1:]}; given {error['input']!r}"
+
+
+def _source_of(path: str, sources: dict[str, str]) -> str:
+    # The most specific source wins: an override of this exact key, else the section's file.
+    parts = path.split(".")
+    for end in range(len(parts), 0, -1):
+        source = sources.get(".".join(parts[:end]))
+        if source:
+            return source
+    return "<config>"
+
+
+def _config_error(problems: list[str]) -> ConfigError:
+    count = len(problems)
+    header = f"invalid configuration ({count} problem{'s' if count != 1 else ''}):"
+    return ConfigError("\n".join([header, *(f"  - {p}" for p in problems)]))

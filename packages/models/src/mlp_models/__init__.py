@@ -1,0 +1,5 @@
+"""mlp-models."""
+
+from importlib.metadata import version as _version
+
+__version__ = _version("mlp-models")

@@ -1,0 +1,5 @@
+"""mlp-serve."""
+
+from importlib.metadata import version as _version
+
+__version__ = _version("mlp-serve")

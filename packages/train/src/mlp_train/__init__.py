@@ -1,0 +1,5 @@
+"""mlp-train."""
+
+from importlib.metadata import version as _version
+
+__version__ = _version("mlp-train")
