@@ -94,11 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = _missing_command(args_list)
     if missing:
         name, package = missing
-        print(
-            f"mlp: `mlp {name}` is provided by {package}, which is not installed.\n"
-            f"  hint: pip install {package}",
-            file=sys.stderr,
-        )
+        distribution = package.split()[0].split("[")[0]
+        installed = mlp_packages().get(distribution)
+        if installed:
+            message = f"{distribution} {installed} is installed but has no `mlp {name}` command"
+            hint = f"pip install --upgrade '{package}'"
+        else:
+            message = f"`mlp {name}` is provided by {package}, which is not installed"
+            hint = f"pip install '{package}'" if " " not in package else f"pip install {package}"
+        print(f"mlp: {message}.\n  hint: {hint}", file=sys.stderr)
         return EXIT_USAGE
 
     parser = build_parser()

@@ -1,0 +1,150 @@
+"""Logging for every mlp process, configured by one call to :func:`configure_logging`.
+
+structlog renders both its own events and the standard library's records (uvicorn, grpc, mlflow,
+ultralytics, any ``logging.getLogger(...)``), so one process writes one format per destination:
+readable lines on stderr and, when asked, JSON lines in a file that tools can parse.
+
+    configure_logging("info", json_file=run_dir / "logs.jsonl")
+    log = get_logger(__name__)
+    with bind_context(run_id=run_id):
+        log.info("epoch finished", epoch=3, loss=0.21)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from structlog.contextvars import bound_contextvars
+from structlog.types import Processor
+
+from mlp_core.errors import ConfigError
+
+LEVEL_ENV = "MLP_LOG_LEVEL"
+DEFAULT_LEVEL = logging.INFO
+
+# Marks the handlers this module installs, so reconfiguring replaces exactly those and leaves
+# handlers that others attached to the root logger (pytest's, an embedding application's) alone.
+_OWNED = "_mlp_obs_handler"
+
+
+def configure_logging(
+    level: str | int | None = None,
+    *,
+    json_file: str | Path | None = None,
+    console: bool = True,
+    json_console: bool | None = None,
+) -> None:
+    """Route structlog and standard-library logging to stderr and, optionally, a JSON-lines file.
+
+    ``level`` wins over the ``MLP_LOG_LEVEL`` environment variable, which wins over INFO.
+    The console shows coloured lines on a terminal and plain ``key=value`` lines elsewhere;
+    ``json_console=True`` writes JSON lines to stderr instead (for log collectors).
+    Calling it again replaces the handlers it installed before.
+    """
+    resolved = resolve_level(level)
+    structlog.configure(
+        processors=[*_shared_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        context_class=dict,
+        # Loggers created before a reconfiguration must pick up the new one.
+        cache_logger_on_first_use=False,
+    )
+
+    handlers: list[logging.Handler] = []
+    if console:
+        stream_handler = logging.StreamHandler(sys.stderr)
+        renderers = _json_renderers() if json_console else [_console_renderer()]
+        stream_handler.setFormatter(_formatter(*renderers))
+        handlers.append(stream_handler)
+    if json_file is not None:
+        path = Path(json_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(path, encoding="utf-8")
+        file_handler.setFormatter(_formatter(*_json_renderers()))
+        handlers.append(file_handler)
+
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _OWNED, False)]:
+        root.removeHandler(old)
+        old.close()
+    for handler in handlers:
+        setattr(handler, _OWNED, True)
+        root.addHandler(handler)
+    root.setLevel(resolved)
+
+
+def resolve_level(level: str | int | None = None) -> int:
+    """The numeric level: the argument, else ``MLP_LOG_LEVEL``, else INFO."""
+    if level is None:
+        level = os.environ.get(LEVEL_ENV) or DEFAULT_LEVEL
+    if isinstance(level, int):
+        return level
+    number = logging.getLevelName(level.strip().upper())
+    if not isinstance(number, int):
+        source = f"{LEVEL_ENV}={level!r}" if level == os.environ.get(LEVEL_ENV) else repr(level)
+        raise ConfigError(
+            f"unknown log level {source}",
+            hint="Use one of DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+        )
+    return number
+
+
+def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.BoundLogger:
+    """A structlog logger named like a standard-library logger, with ``initial`` values bound."""
+    return structlog.stdlib.get_logger(name, **initial)
+
+
+@contextlib.contextmanager
+def bind_context(**values: Any) -> Iterator[None]:
+    """Add ``values`` (run_id, request_id, model, ...) to every event logged inside the block.
+
+    The values live in context variables, so concurrent requests in asyncio tasks or threads
+    each see their own.
+    """
+    with bound_contextvars(**values):
+        yield
+
+
+def _shared_processors() -> list[Processor]:
+    # Applied to structlog events before they reach the handlers, and to standard-library records
+    # in the formatter (foreign_pre_chain), so both carry the same keys.
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.PositionalArgumentsFormatter(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+
+
+def _formatter(*renderers: Processor) -> structlog.stdlib.ProcessorFormatter:
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
+    )
+
+
+def _json_renderers() -> list[Processor]:
+    # JSON keeps tracebacks structured (frames, exception type and value) rather than one string.
+    return [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+
+
+def _console_renderer() -> Processor:
+    # ConsoleRenderer formats exceptions itself; colour codes only help a human at a terminal.
+    return structlog.dev.ConsoleRenderer(colors=_is_tty(sys.stderr))
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mlp_obs import doctor
+
+MLP = Path(sys.executable).with_name("mlp")
+
+
+def run_doctor(*args, env=None):
+    return subprocess.run([str(MLP), "doctor", *args], capture_output=True, text=True, env=env)
+
+
+def test_doctor_json_reports_this_environment(tmp_path):
+    proc = run_doctor("--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    checks = report["checks"]
+    assert report["ok"] is True
+    assert checks["python"]["data"]["executable"] == sys.executable
+    assert checks["packages"]["data"]["mlp-obs"]
+    # This isolated environment holds mlp-core and mlp-obs only: no torch, no onnxruntime.
+    assert checks["torch"]["data"] == {"installed": False}
+    assert checks["onnxruntime"]["data"] == {"installed": False}
+    # No NVIDIA driver on this machine: reported, not an error.
+    assert checks["gpu"]["ok"] and checks["gpu"]["data"] == {"gpus": []}
+
+
+def test_doctor_shows_the_tracking_uri_in_effect(tmp_path):
+    import os
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:5999"}
+    checks = json.loads(run_doctor("--json", env=env).stdout)["checks"]
+    assert checks["mlflow"]["data"]["tracking_uri"] == "http://127.0.0.1:5999"
+    text = run_doctor(env=env)
+    assert "tracking URI http://127.0.0.1:5999" in text.stdout
+
+
+def test_doctor_exit_code_follows_critical_checks(monkeypatch, capsys):
+    import argparse
+
+    monkeypatch.setattr(doctor, "checks", doctor.HealthChecks())
+    doctor.checks.register("fine", lambda: True)
+    doctor.checks.register("gpu", lambda: (False, "no GPU"), critical=False)
+    assert doctor.run(argparse.Namespace(json=False)) == 0
+    out = capsys.readouterr().out
+    assert "warn  gpu   no GPU" in out
+    doctor.checks.register("broken", lambda: (False, "nope"))
+    assert doctor.run(argparse.Namespace(json=False)) == 1
+    assert "FAIL  broken" in capsys.readouterr().out
