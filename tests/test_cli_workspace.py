@@ -34,7 +34,9 @@ def test_help_and_version_import_nothing_heavy():
 
 
 def test_doctor_reports_torch(bin_dir):
-    proc = subprocess.run([str(bin_dir / "mlp"), "doctor", "--json"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(bin_dir / "mlp"), "doctor", "--json"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     torch = json.loads(proc.stdout)["checks"]["torch"]["data"]
     import torch as real_torch

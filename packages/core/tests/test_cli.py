@@ -30,7 +30,10 @@ def test_installed_package_without_the_command_says_upgrade(capsys, monkeypatch)
     monkeypatch.setitem(cli.KNOWN_COMMANDS, "frobnicate", "mlp-core")
     assert main(["frobnicate"]) == 2
     err = capsys.readouterr().err
-    assert f"mlp-core {mlp_packages()['mlp-core']} is installed but has no `mlp frobnicate` command" in err
+    assert (
+        f"mlp-core {mlp_packages()['mlp-core']} is installed but has no `mlp frobnicate` command"
+        in err
+    )
     assert "pip install --upgrade 'mlp-core'" in err
 
 

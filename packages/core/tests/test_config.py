@@ -113,7 +113,9 @@ def test_every_problem_is_listed_once_with_file_key_expected_and_given(tmp_path)
         and line.endswith("given 'many'")
         for line in lines
     )
-    assert any(line.startswith("  - --set: training.seed: input should be greater") for line in lines)
+    assert any(
+        line.startswith("  - --set: training.seed: input should be greater") for line in lines
+    )
     assert f"  - {tmp_path / 'model_config.yaml'}: model.name: required key is missing" in lines
 
 
@@ -169,3 +171,21 @@ def test_parse_override_and_flatten():
         "a.c.d": [1, 2],
         "e": {},
     }
+
+
+def test_validate_section_names_the_section_and_source():
+    from pydantic import BaseModel, ConfigDict
+
+    from mlp_core.config import validate_section
+
+    class CsvOptions(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        target: str
+        delimiter: str = ","
+
+    assert validate_section({"target": "species"}, CsvOptions, "data").target == "species"
+    with pytest.raises(ConfigError) as info:
+        validate_section({"delim": ";"}, CsvOptions, "data", source="cfg.yaml")
+    lines = info.value.message.splitlines()
+    assert "  - cfg.yaml: data.target: required key is missing" in lines
+    assert "  - cfg.yaml: data.delim: unknown key (given ';')" in lines

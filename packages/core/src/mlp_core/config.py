@@ -116,7 +116,27 @@ def validate_config(
     try:
         return schema.model_validate(raw)
     except ValidationError as exc:
-        raise _config_error([_describe(err, sources or {}) for err in exc.errors()]) from None
+        raise config_error_from(exc, sources=sources) from None
+
+
+def validate_section(
+    raw: dict[str, Any], schema: type[C], section: str, *, source: str | None = None
+) -> C:
+    """Validate one section with its owner's model (an adapter's, a model's options)."""
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        raise config_error_from(exc, prefix=(section,), sources={section: source or ""}) from None
+
+
+def config_error_from(
+    exc: ValidationError,
+    *,
+    prefix: tuple[str, ...] = (),
+    sources: dict[str, str] | None = None,
+) -> ConfigError:
+    """One :class:`ConfigError` listing every problem of a pydantic ``ValidationError``."""
+    return _config_error([_describe(err, sources or {}, prefix) for err in exc.errors()])
 
 
 def dump_config(config: BaseModel) -> str:
@@ -158,7 +178,9 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    missing = [SECTION_FILES[s] for s in REQUIRED_SECTION_FILES if not (folder / SECTION_FILES[s]).exists()]
+    missing = [
+        SECTION_FILES[s] for s in REQUIRED_SECTION_FILES if not (folder / SECTION_FILES[s]).exists()
+    ]
     if missing:
         raise ConfigError(
             f"config folder {folder} lacks {', '.join(missing)}",
@@ -242,8 +264,8 @@ def _apply_override(raw: dict[str, Any], sources: dict[str, str], override: str)
 # -- errors --------------------------------------------------------------------------------------
 
 
-def _describe(error: dict[str, Any], sources: dict[str, str]) -> str:
-    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+def _describe(error: dict[str, Any], sources: dict[str, str], prefix: tuple[str, ...] = ()) -> str:
+    path = ".".join(str(part) for part in (*prefix, *error["loc"])) or "(top level)"
     source = _source_of(path, sources)
     expected = error["msg"]
     if error["type"] == "missing":

@@ -40,7 +40,11 @@ def python_check() -> CheckResult:
 
 @checks.register("platform")
 def platform_check() -> CheckResult:
-    data = {"system": platform.system(), "release": platform.release(), "machine": platform.machine()}
+    data = {
+        "system": platform.system(),
+        "release": platform.release(),
+        "machine": platform.machine(),
+    }
     return CheckResult(True, f"{data['system']} {data['release']} {data['machine']}", data)
 
 
@@ -98,8 +102,14 @@ def mlflow_check() -> CheckResult:
         installed = version("mlflow-skinny")
     except PackageNotFoundError:
         installed = None
-    where = f"mlflow-skinny {installed}" if installed else "MLflow not installed: runs go to tracking.jsonl"
-    return CheckResult(True, f"tracking URI {uri} ({where})", {"tracking_uri": uri, "version": installed})
+    where = (
+        f"mlflow-skinny {installed}"
+        if installed
+        else "MLflow not installed: runs go to tracking.jsonl"
+    )
+    return CheckResult(
+        True, f"tracking URI {uri} ({where})", {"tracking_uri": uri, "version": installed}
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,5 +128,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-command = Command(help="check the installation: packages, torch, CUDA, onnxruntime, GPUs, MLflow",
-                  configure=_configure, run=run)
+command = Command(
+    help="check the installation: packages, torch, CUDA, onnxruntime, GPUs, MLflow",
+    configure=_configure,
+    run=run,
+)

@@ -106,4 +106,6 @@ def _as_result(outcome: CheckOutcome) -> CheckResult:
         return CheckResult(outcome)
     if isinstance(outcome, tuple) and len(outcome) == 2:
         return CheckResult(bool(outcome[0]), str(outcome[1]))
-    return CheckResult(False, f"check returned {outcome!r}; expected CheckResult, bool or (ok, detail)")
+    return CheckResult(
+        False, f"check returned {outcome!r}; expected CheckResult, bool or (ok, detail)"
+    )

@@ -22,12 +22,18 @@ from typing import Any
 
 import structlog
 from structlog.contextvars import bound_contextvars
-from structlog.types import Processor
+from structlog.types import EventDict, Processor
 
 from mlp_core.errors import ConfigError
 
 LEVEL_ENV = "MLP_LOG_LEVEL"
 DEFAULT_LEVEL = logging.INFO
+
+# Libraries that give their loggers a handler of their own and stop propagation, so their lines
+# would bypass mlp's handlers; their levels (e.g. mlflow quietening alembic) are kept.
+LIBRARY_LOGGERS = ("mlflow", "alembic", "sqlalchemy.engine", "huey", "ultralytics")
+# MLflow configures its loggers on import unless told not to.
+_MLFLOW_CONFIGURE_LOGGING = "MLFLOW_CONFIGURE_LOGGING"
 
 # Marks the handlers this module installs, so reconfiguring replaces exactly those and leaves
 # handlers that others attached to the root logger (pytest's, an embedding application's) alone.
@@ -46,7 +52,8 @@ def configure_logging(
     ``level`` wins over the ``MLP_LOG_LEVEL`` environment variable, which wins over INFO.
     The console shows coloured lines on a terminal and plain ``key=value`` lines elsewhere;
     ``json_console=True`` writes JSON lines to stderr instead (for log collectors).
-    Calling it again replaces the handlers it installed before.
+    Calling it again replaces the handlers it installed before. Libraries that install their
+    own handlers (:data:`LIBRARY_LOGGERS`) are routed through these ones.
     """
     resolved = resolve_level(level)
     structlog.configure(
@@ -79,6 +86,25 @@ def configure_logging(
         setattr(handler, _OWNED, True)
         root.addHandler(handler)
     root.setLevel(resolved)
+    os.environ.setdefault(_MLFLOW_CONFIGURE_LOGGING, "false")
+    route_library_loggers()
+
+
+def route_library_loggers(names: tuple[str, ...] = LIBRARY_LOGGERS) -> None:
+    """Send the named libraries' loggers through the root logger's (mlp's) handlers.
+
+    :func:`configure_logging` does this for the libraries mlp uses; call it again after
+    importing a library that set up its own handlers on import.
+    """
+    root_level = logging.getLogger().level
+    for name in names:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+        # A library may keep itself quieter than the rest (alembic at WARNING), never louder.
+        if logger.level < root_level:
+            logger.setLevel(logging.NOTSET)
 
 
 def resolve_level(level: str | int | None = None) -> int:
@@ -128,9 +154,24 @@ def _shared_processors() -> list[Processor]:
 
 def _formatter(*renderers: Processor) -> structlog.stdlib.ProcessorFormatter:
     return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[
+            *_shared_processors(),
+            structlog.stdlib.ExtraAdder(),
+            _drop_record_leftovers,
+        ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
     )
+
+
+# Attributes that ExtraAdder takes for extras but are not: "message" and "asctime" are set on the
+# record by any earlier logging.Formatter, and uvicorn repeats every message with colour codes.
+_RECORD_LEFTOVERS = ("message", "asctime", "color_message")
+
+
+def _drop_record_leftovers(logger: Any, method: str, event: EventDict) -> EventDict:
+    for key in _RECORD_LEFTOVERS:
+        event.pop(key, None)
+    return event
 
 
 def _json_renderers() -> list[Processor]:

@@ -34,6 +34,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mlp_obs.gpu import GpuUnavailable, read_gpus
+
 # mlp's own registry rather than prometheus_client's global one: the exposition then holds mlp's
 # families and the process ones, and importing a library that registers globally changes nothing.
 REGISTRY = CollectorRegistry()
@@ -253,72 +255,38 @@ class SystemCollector(Collector):
 
 def _system_families() -> list[GaugeMetricFamily]:
     return [
-        GaugeMetricFamily("mlp_system_cpu_utilization_ratio", "CPU utilisation of the machine, 0 to 1"),
+        GaugeMetricFamily(
+            "mlp_system_cpu_utilization_ratio", "CPU utilisation of the machine, 0 to 1"
+        ),
         GaugeMetricFamily("mlp_system_memory_used_bytes", "Memory in use (total minus available)"),
         GaugeMetricFamily("mlp_system_memory_total_bytes", "Physical memory of the machine"),
     ]
 
 
 class GpuCollector(Collector):
-    """Utilisation and memory of each NVIDIA GPU through NVML; nothing where there is none.
+    """Utilisation and memory of each NVIDIA GPU through NVML (:mod:`mlp_obs.gpu`).
 
-    ``pynvml`` (nvidia-ml-py, the ``mlp-obs[gpu]`` extra) is imported at the first scrape, and a
-    machine without the package, the driver or a GPU yields no samples rather than errors.
+    A machine without nvidia-ml-py, the driver or a GPU yields no samples rather than errors.
     """
 
     _LABELS = ("gpu", "name")
-
-    def __init__(self) -> None:
-        self._nvml: Any = None
-        self._probed = False
-        self._lock = threading.Lock()
 
     def describe(self) -> Iterable[Metric]:
         return _gpu_families()
 
     def collect(self) -> Iterable[Metric]:
-        nvml = self._init_nvml()
-        if nvml is None:
+        try:
+            _, gpus = read_gpus()
+        except GpuUnavailable:
             return []
         utilization, used, total = _gpu_families()
-        try:
-            count = nvml.nvmlDeviceGetCount()
-        except nvml.NVMLError:
-            return []
-        for index in range(count):
-            try:
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                name = nvml.nvmlDeviceGetName(handle)
-                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            except nvml.NVMLError:
-                continue  # a GPU that fell off the bus or is in reset: report the others
-            labels = [str(index), name.decode() if isinstance(name, bytes) else name]
-            used.add_metric(labels, float(memory.used))
-            total.add_metric(labels, float(memory.total))
-            # Some GPUs (and MIG slices) do not report utilisation; their memory still counts.
-            with contextlib.suppress(nvml.NVMLError):
-                rates = nvml.nvmlDeviceGetUtilizationRates(handle)
-                utilization.add_metric(labels, rates.gpu / 100.0)
+        for gpu in gpus:
+            labels = [str(gpu.index), gpu.name]
+            used.add_metric(labels, float(gpu.memory_used_bytes))
+            total.add_metric(labels, float(gpu.memory_total_bytes))
+            if gpu.utilization_ratio is not None:
+                utilization.add_metric(labels, gpu.utilization_ratio)
         return [utilization, used, total]
-
-    def _init_nvml(self) -> Any:
-        with self._lock:
-            if not self._probed:
-                self._probed = True
-                self._nvml = _start_nvml()
-            return self._nvml
-
-
-def _start_nvml() -> Any:
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return None
-    return pynvml
 
 
 def _gpu_families() -> list[GaugeMetricFamily]:

@@ -1,10 +1,10 @@
 """Experiment tracking: every run recorded in its folder, and in MLflow when installed.
 
-    tracker = create_tracker(run_dir)
-    tracker.start_run("penguins", experiment="tabular")
-    with tracker:
-        tracker.log_params(config)
-        tracker.log_metrics({"val.loss": 0.31}, step=1)
+tracker = create_tracker(run_dir)
+tracker.start_run("penguins", experiment="tabular")
+with tracker:
+    tracker.log_params(config)
+    tracker.log_metrics({"val.loss": 0.31}, step=1)
 """
 
 from mlp_obs.tracking.base import END_STATUSES, FAILED, FINISHED, KILLED, ExperimentTracker

@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 from mlp_core.errors import ConfigError, MissingDependencyError
-
 from mlp_obs.tracking.composite import CompositeTracker
 from mlp_obs.tracking.defaults import ARTIFACTS_FOLDER, default_tags, local_database
 from mlp_obs.tracking.defaults import tracking_uri as default_tracking_uri

@@ -50,9 +50,7 @@ class JsonlTracker(ExperimentTracker):
     ) -> str:
         """Start a run; ``run_id`` reuses another tracker's id so both records match."""
         self._run_id = run_id or uuid.uuid4().hex
-        self.record(
-            "start_run", run_name=run_name, experiment=experiment, tags=tag_strings(tags)
-        )
+        self.record("start_run", run_name=run_name, experiment=experiment, tags=tag_strings(tags))
         return self._run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from mlp_core.errors import MissingDependencyError
-
 from mlp_obs.tracking.base import (
     FINISHED,
     ExperimentTracker,
@@ -36,10 +35,12 @@ _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 def import_mlflow_client() -> Any:
     """``MlflowClient``, or :class:`MissingDependencyError` naming the extra to install."""
     try:
-        from mlflow.tracking import MlflowClient
+        # The package itself, not only the submodule: a submodule already imported stays in
+        # sys.modules after the package is gone or blocked, and would hide that it is missing.
+        import mlflow.tracking
     except ImportError as exc:
         raise MissingDependencyError("MLflow tracking", INSTALL) from exc
-    return MlflowClient
+    return mlflow.tracking.MlflowClient
 
 
 class MlflowTracker(ExperimentTracker):
@@ -87,9 +88,7 @@ class MlflowTracker(ExperimentTracker):
         from mlflow.entities import Metric
 
         now_ms = int(time.time() * 1000)
-        entries = [
-            Metric(key, float(value), now_ms, step or 0) for key, value in metrics.items()
-        ]
+        entries = [Metric(key, float(value), now_ms, step or 0) for key, value in metrics.items()]
         for chunk in _chunks(entries, _METRICS_PER_BATCH):
             self.client.log_batch(self._active(), metrics=chunk)
 

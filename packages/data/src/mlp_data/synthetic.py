@@ -1,0 +1,115 @@
+"""Real image datasets written to disk for tests and demos, with nothing downloaded.
+
+- :func:`write_digits_folder`: scikit-learn's bundled 8x8 handwritten digits as PNGs in a
+  class-per-folder tree (for :class:`mlp_data.image_folder.ImageFolderAdapter`);
+- :func:`write_shapes_dataset`: rectangles, ellipses and triangles drawn with Pillow on noisy
+  backgrounds, with exact YOLO labels and a ``data.yaml`` (for :class:`mlp_data.yolo.YOLOAdapter`).
+
+Both are deterministic: the same arguments write the same bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image, ImageDraw
+from sklearn.datasets import load_digits
+
+SHAPE_NAMES = ("rectangle", "ellipse", "triangle")
+# Backgrounds stay at or below this grey level and shapes at or above SHAPE_MIN in every
+# channel, so a shape is always visible and a test can tell shape pixels from background.
+BACKGROUND_MAX = 120
+SHAPE_MIN = 150
+MAX_OBJECTS = 3
+# Every EMPTY_EVERY-th image holds no object; half of those get an empty label file, half none,
+# because YOLO allows both.
+EMPTY_EVERY = 4
+DIGIT_LEVELS = 16  # load_digits pixels run from 0 to 16
+
+
+def write_digits_folder(
+    root: str | Path, *, image_size: int = 32, limit: int | None = None
+) -> Path:
+    """Write the digits as ``root/<digit>/<index>.png`` (greyscale, ``image_size`` square).
+
+    ``limit`` keeps the first ``limit`` images; the dataset cycles through the digits, so any
+    limit of a few dozen or more still holds every class.
+    """
+    root = Path(root)
+    digits = load_digits()
+    count = len(digits.images) if limit is None else min(limit, len(digits.images))
+    for index in range(count):
+        pixels = np.rint(digits.images[index] * (255 / DIGIT_LEVELS)).astype(np.uint8)
+        image = Image.fromarray(pixels, mode="L").resize(
+            (image_size, image_size), Image.Resampling.BILINEAR
+        )
+        folder = root / str(int(digits.target[index]))
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{index:04d}.png")
+    return root
+
+
+def write_shapes_dataset(
+    root: str | Path, *, n_train: int, n_val: int, image_size: int = 64, seed: int = 0
+) -> Path:
+    """Write a YOLO detection dataset under ``root`` and return its ``data.yaml``.
+
+    Layout: ``images/{train,val}/*.png`` with labels in ``labels/{train,val}/*.txt``, one
+    ``class cx cy w h`` line per object, normalised to the image size; classes are
+    ``SHAPE_NAMES``. Each split draws from its own seeded generator, so ``n_val`` does not
+    change the training images.
+    """
+    root = Path(root)
+    for split_number, (split, count) in enumerate((("train", n_train), ("val", n_val))):
+        rng = np.random.default_rng([seed, split_number])
+        images, labels = root / "images" / split, root / "labels" / split
+        images.mkdir(parents=True, exist_ok=True)
+        labels.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            stem = f"{split}_{index:05d}"
+            empty = index % EMPTY_EVERY == EMPTY_EVERY - 1
+            image, lines = _draw_scene(rng, image_size, 0 if empty else None)
+            image.save(images / f"{stem}.png")
+            if lines or (index // EMPTY_EVERY) % 2 == 0:
+                (labels / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines))
+    data_yaml = root / "data.yaml"
+    document = {
+        "path": ".",
+        "train": "images/train",
+        "val": "images/val",
+        "names": dict(enumerate(SHAPE_NAMES)),
+    }
+    data_yaml.write_text(yaml.safe_dump(document, sort_keys=False))
+    return data_yaml
+
+
+def _draw_scene(
+    rng: np.random.Generator, size: int, objects: int | None
+) -> tuple[Image.Image, list[str]]:
+    """One noisy background with ``objects`` shapes (random 1..MAX_OBJECTS when None)."""
+    base = rng.integers(0, BACKGROUND_MAX - 20, size=3)
+    noise = rng.integers(0, 21, size=(size, size, 3))
+    image = Image.fromarray((base + noise).astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(image)
+    count = int(rng.integers(1, MAX_OBJECTS + 1)) if objects is None else objects
+    lines = []
+    for _ in range(count):
+        shape = int(rng.integers(len(SHAPE_NAMES)))
+        width, height = (int(v) for v in rng.integers(size // 6, size // 2 + 1, size=2))
+        left = int(rng.integers(0, size - width + 1))
+        top = int(rng.integers(0, size - height + 1))
+        colour = tuple(int(c) for c in rng.integers(SHAPE_MIN, 256, size=3))
+        # Pillow's boxes are inclusive: the shape covers pixels left..right, top..bottom.
+        right, bottom = left + width - 1, top + height - 1
+        if SHAPE_NAMES[shape] == "rectangle":
+            draw.rectangle((left, top, right, bottom), fill=colour)
+        elif SHAPE_NAMES[shape] == "ellipse":
+            draw.ellipse((left, top, right, bottom), fill=colour)
+        else:
+            apex = (left + (width - 1) / 2, top)
+            draw.polygon([(left, bottom), (right, bottom), apex], fill=colour)
+        cx, cy = (left + width / 2) / size, (top + height / 2) / size
+        lines.append(f"{shape} {cx:.6f} {cy:.6f} {width / size:.6f} {height / size:.6f}")
+    return image, lines

@@ -1,0 +1,71 @@
+"""Where things are inside each torchvision backbone that :class:`VisionModel` wraps.
+
+torchvision's classifiers differ in layout: a ResNet has ``conv1 ... layer4, avgpool, fc``;
+EfficientNet and MobileNetV3 have ``features`` (a stem conv, then blocks), ``avgpool`` and a
+``classifier`` whose last Linear is the head. Naming the parts per family lets one forward pass
+checkpoint the stages, one freeze keep the classifier trainable, and one loader skip the head,
+without changing any parameter name (so torchvision state dicts load as they are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+from torchvision import models as tv
+
+_RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class BackboneLayout:
+    builder: Callable[..., nn.Module]
+    # Modules before the stages, run one after another on the image.
+    stem: tuple[str, ...]
+    # Gradient checkpointing wraps each of these; found on the built network (their count
+    # differs between EfficientNet and MobileNet variants).
+    stages: Callable[[nn.Module], tuple[str, ...]]
+    pool: str
+    # Everything after pooling and flattening; stays trainable when the backbone is frozen.
+    classifier: str
+    # The final Linear: sized for num_classes, left new when pretrained weights have other classes.
+    head: str
+    # The Conv2d that reads the image; replaced when in_channels is not 3.
+    first_conv: str
+
+
+def _resnet(builder: Callable[..., nn.Module]) -> BackboneLayout:
+    return BackboneLayout(
+        builder=builder,
+        stem=("conv1", "bn1", "relu", "maxpool"),
+        stages=lambda network: _RESNET_STAGES,
+        pool="avgpool",
+        classifier="fc",
+        head="fc",
+        first_conv="conv1",
+    )
+
+
+def _features_net(builder: Callable[..., nn.Module], head: str) -> BackboneLayout:
+    return BackboneLayout(
+        builder=builder,
+        stem=("features.0",),
+        stages=lambda network: tuple(
+            f"features.{index}" for index in range(1, len(network.get_submodule("features")))
+        ),
+        pool="avgpool",
+        classifier="classifier",
+        head=head,
+        first_conv="features.0.0",
+    )
+
+
+BACKBONES: dict[str, BackboneLayout] = {
+    "resnet18": _resnet(tv.resnet18),
+    "resnet34": _resnet(tv.resnet34),
+    "resnet50": _resnet(tv.resnet50),
+    "efficientnet_b0": _features_net(tv.efficientnet_b0, head="classifier.1"),
+    "mobilenet_v3_small": _features_net(tv.mobilenet_v3_small, head="classifier.3"),
+    "mobilenet_v3_large": _features_net(tv.mobilenet_v3_large, head="classifier.3"),
+}

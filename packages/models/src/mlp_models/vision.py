@@ -1,0 +1,216 @@
+"""Image classifiers on torchvision backbones, each registered under the backbone's name.
+
+``create_model("resnet18", num_classes=3)`` builds the torchvision network with ``weights=None``
+(nothing is ever downloaded) and a head for ``num_classes``. Transfer learning starts from a
+local file: ``pretrained_weights="resnet18-f37072fd.pth"`` (a torchvision state dict, or a file
+saved by :meth:`BaseModel.save`), then ``freeze_backbone()`` to train only the classifier.
+
+Parameter names are torchvision's under ``network.``, so ``model.network`` is a plain
+torchvision model and its state dict loads anywhere torchvision's does.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from mlp_core.batch import IMAGE
+from mlp_core.errors import ConfigError, ModelError
+from mlp_models.arguments import check_bool, check_choice, check_int
+from mlp_models.backbones import BACKBONES
+from mlp_models.base import BaseModel
+from mlp_models.model_file import is_model_payload, load_tensors
+from mlp_models.registry import register_model
+from mlp_models.spec import DYNAMIC, InputSpec, TensorSpec
+from mlp_models.state_dicts import load_state_dict_checked
+
+_RGB = 3
+# Below this the backbones' five stride-2 steps leave less than one pixel.
+MIN_IMAGE_SIZE = 32
+_SAVED_PREFIX = "network."
+
+
+class VisionModel(BaseModel):
+    """A torchvision classifier with a new head, any input channel count and freezing."""
+
+    supports_gradient_checkpointing = True
+
+    def __init__(
+        self,
+        backbone: str,
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        image_size: int = 224,
+        pretrained_weights: str | os.PathLike[str] | None = None,
+        freeze_backbone: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = check_choice("vision", "backbone", backbone, BACKBONES)
+        self.task = "multiclass"
+        self.num_classes = check_int(backbone, "num_classes", num_classes, minimum=2)
+        self.in_channels = check_int(backbone, "in_channels", in_channels, minimum=1)
+        self.image_size = check_int(backbone, "image_size", image_size, minimum=MIN_IMAGE_SIZE)
+        check_bool(backbone, "freeze_backbone", freeze_backbone)
+        if pretrained_weights is not None and not isinstance(pretrained_weights, (str, Path)):
+            raise ConfigError(
+                f"model {backbone!r}: pretrained_weights: expected a local file path; "
+                f"given {pretrained_weights!r}"
+            )
+        self.layout = BACKBONES[backbone]
+        self.network = self.layout.builder(weights=None, num_classes=num_classes)
+        if in_channels != _RGB:
+            self._replace_first_conv()
+        self._stages = self.layout.stages(self.network)
+        self._backbone_frozen = False
+        if pretrained_weights is not None:
+            self.load_pretrained(pretrained_weights)
+        if freeze_backbone:
+            self.freeze_backbone()
+
+    @property
+    def model_name(self) -> str:
+        return self.backbone
+
+    def get_config(self) -> dict[str, Any]:
+        # pretrained_weights is left out: the saved file holds the weights, and the original
+        # file need not exist where the model is loaded again.
+        return {
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "freeze_backbone": self._backbone_frozen,
+        }
+
+    def input_spec(self) -> InputSpec:
+        size = self.image_size
+        return InputSpec(
+            inputs=(TensorSpec(IMAGE, "float32", (DYNAMIC, self.in_channels, size, size)),),
+            outputs=(TensorSpec("logits", "float32", (DYNAMIC, self.num_classes)),),
+        )
+
+    def forward(self, image: Tensor) -> Tensor:
+        # The same computation as torchvision's own forward, spelled out stage by stage so
+        # that each stage can be checkpointed.
+        x = image
+        for name in self.layout.stem:
+            x = self.network.get_submodule(name)(x)
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
+        for name in self._stages:
+            stage = self.network.get_submodule(name)
+            x = checkpoint(stage, x, use_reentrant=False) if recompute else stage(x)
+        x = torch.flatten(self.network.get_submodule(self.layout.pool)(x), 1)
+        return self.network.get_submodule(self.layout.classifier)(x)
+
+    # -- transfer learning ------------------------------------------------------------------
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self._backbone_frozen
+
+    def freeze_backbone(self) -> None:
+        """Stop gradients to everything but the classifier (the layers after pooling).
+
+        BatchNorm running statistics still update in train mode; call ``.eval()`` on the
+        backbone modules as well to keep them fixed.
+        """
+        self._set_backbone_trainable(False)
+
+    def unfreeze_backbone(self) -> None:
+        self._set_backbone_trainable(True)
+
+    def load_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """Load backbone weights from a local file; the head stays new if its size differs.
+
+        The file is a torchvision state dict for this backbone or a file written by
+        :meth:`save`. With ``in_channels`` other than 3, the first conv's RGB filters are
+        averaged and spread over the new channels (scaled so a grey image excites it as before).
+        """
+        file = Path(path)
+        expected = f"a local torchvision {self.backbone} state dict (nothing is downloaded)"
+        payload = load_tensors(file, what="pretrained weights file", expected=expected)
+        state = _network_state(file, payload, expected)
+        own = self.network.state_dict()
+        for suffix in ("weight", "bias"):
+            key = f"{self.layout.head}.{suffix}"
+            if key in own and (key not in state or state[key].shape != own[key].shape):
+                state[key] = own[key]
+        conv_key = f"{self.layout.first_conv}.weight"
+        conv = state.get(conv_key)
+        if conv is not None and conv.dim() == 4 and conv.shape[1] == _RGB != self.in_channels:
+            state[conv_key] = _spread_rgb_filters(conv, self.in_channels)
+        load_state_dict_checked(
+            self.network,
+            state,
+            source=str(file),
+            target=f"{self.backbone} (num_classes={self.num_classes}, "
+            f"in_channels={self.in_channels})",
+        )
+
+    def _set_backbone_trainable(self, trainable: bool) -> None:
+        classifier = self.layout.classifier + "."
+        for name, parameter in self.network.named_parameters():
+            if not name.startswith(classifier):
+                parameter.requires_grad_(trainable)
+        self._backbone_frozen = not trainable
+
+    def _replace_first_conv(self) -> None:
+        old = self.network.get_submodule(self.layout.first_conv)
+        if not isinstance(old, nn.Conv2d):
+            raise ModelError(f"{self.backbone}: {self.layout.first_conv} is not a Conv2d")
+        new = nn.Conv2d(
+            self.in_channels,
+            old.out_channels,
+            kernel_size=old.kernel_size,
+            stride=old.stride,
+            padding=old.padding,
+            dilation=old.dilation,
+            groups=old.groups,
+            bias=old.bias is not None,
+        )
+        # The initialisation torchvision gives every conv of these families.
+        nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+        if new.bias is not None:
+            nn.init.zeros_(new.bias)
+        self.network.set_submodule(self.layout.first_conv, new)
+
+
+def _network_state(file: Path, payload: object, expected: str) -> dict[str, Tensor]:
+    if is_model_payload(payload):
+        saved = payload["state_dict"]
+        return {
+            key.removeprefix(_SAVED_PREFIX): tensor
+            for key, tensor in saved.items()
+            if isinstance(tensor, Tensor)
+        }
+    if isinstance(payload, dict) and payload and all(
+        isinstance(key, str) and isinstance(value, Tensor) for key, value in payload.items()
+    ):
+        return dict(payload)
+    raise ModelError(
+        f"pretrained weights file {file} is not a state dict (a mapping of names to tensors); "
+        f"expected {expected}"
+    )
+
+
+def _spread_rgb_filters(weight: Tensor, in_channels: int) -> Tensor:
+    mean = weight.mean(dim=1, keepdim=True)
+    return mean.repeat(1, in_channels, 1, 1) * (_RGB / in_channels)
+
+
+resnet18 = register_model("resnet18")(partial(VisionModel, "resnet18"))
+resnet34 = register_model("resnet34")(partial(VisionModel, "resnet34"))
+resnet50 = register_model("resnet50")(partial(VisionModel, "resnet50"))
+efficientnet_b0 = register_model("efficientnet_b0")(partial(VisionModel, "efficientnet_b0"))
+mobilenet_v3_small = register_model("mobilenet_v3_small")(
+    partial(VisionModel, "mobilenet_v3_small")
+)
+mobilenet_v3_large = register_model("mobilenet_v3_large")(
+    partial(VisionModel, "mobilenet_v3_large")
+)

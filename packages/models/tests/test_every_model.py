@@ -1,0 +1,121 @@
+"""Every registered model, built-in or installed, goes through the same checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_helpers import make_batch, tiny_model
+
+from mlp_models import BaseModel, list_models, load_model, read_model_file
+
+ALL_MODELS = list_models()
+
+
+def test_the_built_in_models_are_registered():
+    expected = {
+        "tabular_mlp",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "efficientnet_b0",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+    }
+    assert expected <= set(ALL_MODELS)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_train_step_backward_and_save_load_round_trip(name, tmp_path):
+    model = tiny_model(name)
+    assert isinstance(model, BaseModel)
+    assert model.model_name == name
+    batch = make_batch(model)
+
+    model.train()
+    result = model.training_step(batch)
+    assert result.loss.dim() == 0 and torch.isfinite(result.loss)
+    assert not result.outputs.requires_grad
+    assert torch.equal(result.targets, batch["target"])
+    result.loss.backward()
+    # The first and the last parameter: gradients reach through the whole network.
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    for parameter in (parameters[0], parameters[-1]):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+
+    model.eval()
+    inputs = model.inputs_from_batch(batch)
+    with torch.no_grad():
+        before = model(*inputs)
+    path = model.save(tmp_path / f"{name}.pt")
+    loaded = load_model(path)
+    assert type(loaded) is type(model)
+    assert loaded.get_config() == model.get_config()
+    assert not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded(*inputs), before)
+    assert read_model_file(path).name == name
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_validation_and_predict_need_no_gradients(name):
+    model = tiny_model(name)
+    batch = make_batch(model, batch_size=3)
+    model.train()
+    result = model.validation_step(batch)
+    assert not result.loss.requires_grad
+    assert result.outputs.shape[0] == 3
+
+    predictions = model.predict({k: v for k, v in batch.items() if k != "target"})
+    assert model.training, "predict() restores the train/eval mode it found"
+    if model.task == "regression":
+        assert predictions.shape[0] == 3
+    else:
+        assert predictions.shape == (3, model.input_spec().outputs[0].shape[1])
+        assert torch.allclose(predictions.sum(dim=1), torch.ones(3))
+        assert (predictions >= 0).all()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_input_spec_exports_with_a_dynamic_batch_axis(name):
+    model = tiny_model(name).eval()
+    spec = model.input_spec()
+    examples = model.example_inputs(batch_size=3)
+    assert [tuple(t.shape) for t in examples] == [s.concrete_shape(3) for s in spec.inputs]
+    assert [t.dtype for t in examples] == [s.torch_dtype for s in spec.inputs]
+    assert all(-1 == s.shape[0] for s in (*spec.inputs, *spec.outputs))
+    assert spec.dynamic_axes == {s.name: {0: "batch"} for s in (*spec.inputs, *spec.outputs)}
+
+    outputs = model(*examples)
+    assert tuple(outputs.shape) == spec.outputs[0].concrete_shape(3)
+
+    # What an ONNX exporter does: trace at one batch size with the batch axis marked dynamic,
+    # then the traced program must run at another.
+    batch = torch.export.Dim("batch")
+    exported = torch.export.export(
+        model, examples, dynamic_shapes=tuple({0: batch} for _ in examples)
+    )
+    other = model.example_inputs(batch_size=5)
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(*other), model(*other), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in ALL_MODELS if tiny_model(n).supports_gradient_checkpointing]
+)
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(name):
+    plain, checkpointed = tiny_model(name), tiny_model(name)
+    checkpointed.set_gradient_checkpointing(True)
+    batch = make_batch(plain)
+
+    results = []
+    for model in (plain, checkpointed):
+        model.train()
+        torch.manual_seed(3)  # the same dropout / stochastic depth draws in both
+        result = model.training_step(batch)
+        result.loss.backward()
+        results.append((result.outputs, {n: p.grad for n, p in model.named_parameters()}))
+
+    (plain_out, plain_grads), (ckpt_out, ckpt_grads) = results
+    assert torch.allclose(plain_out, ckpt_out, atol=1e-6)
+    for key, grad in plain_grads.items():
+        assert torch.allclose(grad, ckpt_grads[key], atol=1e-5), key

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from mlp_core.errors import ConfigError
+from mlp_obs.log import LEVEL_ENV, bind_context, configure_logging, get_logger
+
+
+@pytest.fixture(autouse=True)
+def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(LEVEL_ENV, raising=False)
+    monkeypatch.delenv("MLFLOW_CONFIGURE_LOGGING", raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+def read_lines(path: Path) -> list[dict]:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_json_file_carries_bound_context(tmp_path: Path) -> None:
+    log_file = tmp_path / "logs" / "run.jsonl"
+    configure_logging("INFO", json_file=log_file, console=False)
+
+    with bind_context(run_id="r-1", request_id="q-9", model="penguins"):
+        get_logger("mlp.test", component="trainer").info("epoch finished", epoch=3, loss=0.25)
+    get_logger("mlp.test").info("outside")
+
+    inside, outside = read_lines(log_file)
+    assert inside["event"] == "epoch finished"
+    assert inside["level"] == "info"
+    assert inside["logger"] == "mlp.test"
+    assert (inside["run_id"], inside["request_id"], inside["model"]) == ("r-1", "q-9", "penguins")
+    assert (inside["component"], inside["epoch"], inside["loss"]) == ("trainer", 3, 0.25)
+    assert inside["timestamp"].endswith("Z")
+    assert "run_id" not in outside
+
+
+def test_standard_library_loggers_reach_the_json_file(tmp_path: Path) -> None:
+    log_file = tmp_path / "run.jsonl"
+    configure_logging("INFO", json_file=log_file, console=False)
+
+    with bind_context(request_id="q-1"):
+        logging.getLogger("uvicorn.error").warning("port %d busy", 8000, extra={"attempt": 2})
+
+    (line,) = read_lines(log_file)
+    assert line["logger"] == "uvicorn.error"
+    assert line["event"] == "port 8000 busy"
+    assert line["level"] == "warning"
+    assert line["request_id"] == "q-1"
+    assert line["attempt"] == 2
+
+
+@pytest.mark.parametrize(("env_level", "debug_shown"), [("DEBUG", True), ("warning", False)])
+def test_level_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env_level: str, debug_shown: bool
+) -> None:
+    monkeypatch.setenv(LEVEL_ENV, env_level)
+    log_file = tmp_path / "run.jsonl"
+    configure_logging(json_file=log_file, console=False)
+
+    get_logger("mlp.test").debug("detail")
+    logging.getLogger("grpc").debug("wire detail")
+    get_logger("mlp.test").error("failure")
+
+    events = [line["event"] for line in read_lines(log_file)]
+    expected = ["detail", "wire detail", "failure"] if debug_shown else ["failure"]
+    assert events == expected
+
+
+def test_argument_level_wins_over_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(LEVEL_ENV, "DEBUG")
+    log_file = tmp_path / "run.jsonl"
+    configure_logging("INFO", json_file=log_file, console=False)
+    get_logger().debug("hidden")
+    get_logger().info("shown")
+    assert [line["event"] for line in read_lines(log_file)] == ["shown"]
+
+
+def test_unknown_level_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LEVEL_ENV, "chatty")
+    with pytest.raises(ConfigError, match="chatty"):
+        configure_logging(console=False)
+
+
+def test_reconfiguring_does_not_duplicate_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    configure_logging("INFO", json_file=first)
+    configure_logging("INFO", json_file=second)
+
+    logger = get_logger("mlp.test")
+    logger.info("once", answer=42)
+    logging.getLogger("mlflow").info("foreign once")
+
+    assert first.read_text() == ""
+    assert [line["event"] for line in read_lines(second)] == ["once", "foreign once"]
+    console = capsys.readouterr().err
+    assert console.count("once") == 2  # "once" and "foreign once", one line each
+    assert "answer=42" in console
+    assert "\x1b[" not in console  # not a terminal: no colour codes
+
+
+def test_json_console(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", json_console=True)
+    get_logger("mlp.test").info("to collector", model="m")
+    (line,) = capsys.readouterr().err.splitlines()
+    parsed = json.loads(line)
+    assert (parsed["event"], parsed["model"]) == ("to collector", "m")
+
+
+def test_exception_traceback_is_structured_in_json(tmp_path: Path) -> None:
+    log_file = tmp_path / "run.jsonl"
+    configure_logging("INFO", json_file=log_file, console=False)
+
+    def fail() -> None:
+        raise ValueError("bad batch")
+
+    try:
+        fail()
+    except ValueError:
+        get_logger("mlp.test").exception("step failed", step=7)
+    try:
+        fail()
+    except ValueError:
+        logging.getLogger("ultralytics").exception("foreign failure")
+
+    for line in read_lines(log_file):
+        (exception,) = line["exception"]
+        assert exception["exc_type"] == "ValueError"
+        assert exception["exc_value"] == "bad batch"
+        assert any(frame["name"] == "fail" for frame in exception["frames"])
+        assert line["level"] == "error"
+
+
+def test_libraries_with_their_own_handlers_are_routed_through_mlp(tmp_path: Path) -> None:
+    importlib.import_module("mlflow")  # configures its loggers: own handler, no propagation
+
+    mlflow_logger = logging.getLogger("mlflow")
+    log_file = tmp_path / "run.jsonl"
+    configure_logging("INFO", json_file=log_file, console=False)
+
+    mlflow_logger.info("from mlflow")
+    logging.getLogger("alembic").info("below alembic's own WARNING level")
+
+    assert mlflow_logger.handlers == []
+    assert [(line["logger"], line["event"]) for line in read_lines(log_file)] == [
+        ("mlflow", "from mlflow")
+    ]
+
+    configure_logging("WARNING", json_file=log_file, console=False)
+    mlflow_logger.info("hidden: mlflow's own INFO level must not override ours")
+    mlflow_logger.warning("shown")
+    assert [line["event"] for line in read_lines(log_file)][-1] == "shown"
+    assert len(read_lines(log_file)) == 2
