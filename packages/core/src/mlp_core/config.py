@@ -95,6 +95,17 @@ def load_config(
 ) -> C:
     """Read, override and validate a config from a YAML file or a folder of section files."""
     raw, sources = _read(Path(path))
+    apply_overrides(raw, overrides, sources)
+    return validate_config(raw, schema=schema, sources=sources)
+
+
+def apply_overrides(
+    raw: dict[str, Any],
+    overrides: list[str] | tuple[str, ...],
+    sources: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides to a raw config in place; every bad one is listed."""
+    sources = sources if sources is not None else {}
     problems: list[str] = []
     for override in overrides:
         try:
@@ -103,7 +114,7 @@ def load_config(
             problems.append(exc.message)
     if problems:
         raise _config_error(problems)
-    return validate_config(raw, schema=schema, sources=sources)
+    return raw
 
 
 def validate_config(

@@ -145,16 +145,23 @@ class CSVAdapter(DataAdapter):
         if config.streaming.enabled:
             sample = _first_batch(config, columns)
         else:
-            sample = self.frame = read_table(config.path, columns=columns, delimiter=config.delimiter)
+            sample = self.frame = read_table(
+                config.path, columns=columns, delimiter=config.delimiter
+            )
         self._resolve_columns(sample, columns)
 
     def _resolve_columns(self, frame: pd.DataFrame, columns: list[str]) -> None:
         config = self.config
-        schema_numeric = set(SchemaValidator(self._user_schema).numeric_columns()) if (
-            self._user_schema
-        ) else set()
+        schema_numeric = (
+            set(SchemaValidator(self._user_schema).numeric_columns())
+            if (self._user_schema)
+            else set()
+        )
         if config.numeric is not None or config.categorical is not None:
-            self.numeric, self.categorical = list(config.numeric or []), list(config.categorical or [])
+            self.numeric, self.categorical = (
+                list(config.numeric or []),
+                list(config.categorical or []),
+            )
         else:
             features = [c for c in columns if c != config.target]
             self.numeric = [c for c in features if _is_number(frame[c]) or c in schema_numeric]
@@ -196,8 +203,11 @@ class CSVAdapter(DataAdapter):
         if self.frame is None:
             return  # streaming: rows are assigned by a hash of their place as they are read
         labels = None
-        if self.task == "classification":
-            labels = self.frame[self.config.target].map(category_key).to_numpy(dtype=object)
+        if self.task == "classification" and self.classes is not None:
+            # Class indices, found once per distinct value rather than once per row.
+            codes, uniques = pd.factorize(self.frame[self.config.target])
+            index = {name: i for i, name in enumerate(self.classes)}
+            labels = np.array([index[category_key(u)] for u in uniques], dtype=np.int64)[codes]
         self.indices = split_indices(len(self.frame), self.config.split, labels=labels)
         self.sizes = {name: len(rows) for name, rows in self.indices.items()}
 
@@ -263,7 +273,9 @@ class CSVAdapter(DataAdapter):
     ) -> dict[str, DataLoader]:
         self.prepare()
         if self.frame is not None:
-            return super().loaders(splits, distributed=distributed, rank=rank, world_size=world_size)
+            return super().loaders(
+                splits, distributed=distributed, rank=rank, world_size=world_size
+            )
         # A stream shards itself across workers and ranks; it needs no sampler.
         place = distributed_place(rank, world_size) if distributed else (0, 1)
         return {
@@ -271,6 +283,7 @@ class CSVAdapter(DataAdapter):
                 self._make_dataset(split, rank=place[0], world_size=place[1]),  # type: ignore[arg-type]
                 num_workers=self.config.num_workers,
                 pin_memory=self.config.pin_memory,
+                persistent_workers=self.config.persistent_workers,
             )
             for split in splits
         }
@@ -280,7 +293,9 @@ class CSVAdapter(DataAdapter):
         self.prepare()
         if self.frame is not None:
             yield from DataLoader(
-                self.dataset(split or "train"), batch_size=self.config.batch_size, collate_fn=collate
+                self.dataset(split or "train"),
+                batch_size=self.config.batch_size,
+                collate_fn=collate,
             )
             return
         yield from self._make_dataset(split or "train")  # type: ignore[misc]
@@ -350,6 +365,10 @@ def _infer_task(target: pd.Series) -> Literal["classification", "regression"]:
     if not _is_number(target):
         return "classification"
     values = target.dropna().to_numpy(dtype=np.float64)
-    if values.size and np.all(np.mod(values, 1) == 0) and np.unique(values).size <= AUTO_MAX_CLASSES:
+    if (
+        values.size
+        and np.all(np.mod(values, 1) == 0)
+        and np.unique(values).size <= AUTO_MAX_CLASSES
+    ):
         return "classification"
     return "regression"

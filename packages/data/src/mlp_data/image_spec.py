@@ -88,7 +88,9 @@ def _spec_problems(spec: dict[str, Any]) -> list[str]:
     if any(value == 0 for value in spec["std"]):
         problems.append("std must not hold zeros")
     if spec["layout"] != "CHW" or spec["dtype"] != "float32":
-        problems.append(f"expected layout CHW and dtype float32, got {spec['layout']}, {spec['dtype']}")
+        problems.append(
+            f"expected layout CHW and dtype float32, got {spec['layout']}, {spec['dtype']}"
+        )
     return problems
 
 

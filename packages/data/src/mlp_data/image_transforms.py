@@ -217,7 +217,9 @@ class ImagePreprocessor:
             steps.append(v2.RandomHorizontalFlip(augment.hflip))
         if augment.jitters:
             steps.append(
-                v2.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue)
+                v2.ColorJitter(
+                    augment.brightness, augment.contrast, augment.saturation, augment.hue
+                )
             )
         return v2.Compose([*steps, *self._to_normalised_tensor()])
 

@@ -6,15 +6,20 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from mlp_data.sampler import EpochSampler
 
 
 class UnifiedLoader:
     """Makes the DataLoader of each split with one set of options.
 
-    Training shuffles (seeded, so two runs see the same order); val and test never do. With
-    ``distributed=True`` each rank gets a :class:`DistributedSampler` shard; call
-    :meth:`set_epoch` at the start of every epoch so the shuffle changes between epochs.
+    Every split is read through an :class:`~mlp_data.sampler.EpochSampler`: training shuffles
+    with an order that depends only on (seed, epoch), so two runs see the same order and a
+    resumed run can skip to where it stopped; val and test never shuffle. With
+    ``distributed=True`` each rank reads its own shard (rank and world size from the arguments,
+    else from ``torch.distributed``). Call :meth:`set_epoch` at the start of every epoch.
     """
 
     def __init__(
@@ -44,38 +49,42 @@ class UnifiedLoader:
         self.distributed = distributed
         self.rank = rank
         self.world_size = world_size
-        self._samplers: list[DistributedSampler] = []
+        self._samplers: list[EpochSampler] = []
 
     def loader(self, dataset: Dataset, split: str) -> DataLoader:
         training = split == "train"
-        shuffle = self.shuffle and training
-        sampler = None
-        generator = None
-        if self.distributed:
-            sampler = DistributedSampler(
-                dataset,
-                num_replicas=self.world_size,
-                rank=self.rank,
-                shuffle=shuffle,
-                seed=self.seed,
-                drop_last=self.drop_last and training,
-            )
-            self._samplers.append(sampler)
-            shuffle = False  # the sampler shuffles
-        elif shuffle:
-            generator = torch.Generator().manual_seed(self.seed)
+        rank, world_size = self._place()
+        sampler = EpochSampler(
+            len(dataset),  # type: ignore[arg-type]
+            shuffle=self.shuffle and training,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            drop_last=self.drop_last and training and world_size > 1,
+        )
+        self._samplers.append(sampler)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             drop_last=self.drop_last and training,
             collate_fn=self.collate_fn,
-            generator=generator,
+            # Worker seeds come from this generator, never from the global RNG, so creating an
+            # epoch's iterator does not move the RNG state a checkpoint records.
+            generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def _place(self) -> tuple[int, int]:
+        if not self.distributed:
+            return 0, 1
+        if self.rank is not None and self.world_size is not None:
+            return self.rank, self.world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        raise ValueError("distributed=True needs rank and world_size, or an initialised group")
 
     def set_epoch(self, epoch: int) -> None:
         for sampler in self._samplers:

@@ -27,10 +27,14 @@ def list_adapters() -> list[str]:
     return adapters.names()
 
 
-def create_adapter(section: dict[str, Any] | BaseModel, *, source: str | None = None) -> DataAdapter:
+def create_adapter(
+    section: dict[str, Any] | BaseModel, *, source: str | None = None
+) -> DataAdapter:
     """Build the adapter a ``data`` section names, validated with that adapter's options."""
     raw = section.model_dump() if isinstance(section, BaseModel) else dict(section)
     name = raw.get("adapter")
     if not isinstance(name, str):
-        raise ConfigError(f"{source or '<config>'}: data.adapter: required; known: {list_adapters()}")
+        raise ConfigError(
+            f"{source or '<config>'}: data.adapter: required; known: {list_adapters()}"
+        )
     return adapters.get(name).from_config(raw, source=source)

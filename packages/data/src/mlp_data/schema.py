@@ -362,11 +362,7 @@ def check_config(
     if not errors:
         return
     where = source or "<config>"
-    lines = [
-        f"  - {where}: {'.'.join([section, *map(str, e.path)])}: {e.message}" for e in errors
-    ]
+    lines = [f"  - {where}: {'.'.join([section, *map(str, e.path)])}: {e.message}" for e in errors]
     count = len(lines)
-    raise ConfigError(
-        "\n".join([f"invalid {section} config ({count} problem{'s' if count != 1 else ''}):"]
-                  + lines)
-    )
+    header = f"invalid {section} config ({count} problem{'s' if count != 1 else ''}):"
+    raise ConfigError("\n".join([header, *lines]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from mlp_core.errors import DataError
@@ -30,13 +31,17 @@ def split_indices(
     if labels is not None and len(labels) != num_rows:
         raise ValueError(f"{len(labels)} labels for {num_rows} rows")
     positions = np.arange(num_rows)
-    strata = np.asarray(labels, dtype=object) if labels is not None and config.stratify else None
+    strata, classes = None, []
+    if labels is not None and config.stratify:
+        # Integer codes: scikit-learn sorts the strata, and sorting Python objects is slow.
+        values = labels if isinstance(labels, np.ndarray) else np.asarray(labels, dtype=object)
+        strata, classes = pd.factorize(values, sort=True)
     # Two seeded cuts: test off the whole table, then val off the rest, sized so that val is
     # config.val of the whole table, not of the remainder.
-    rest, test = _cut(positions, strata, config.test, config.seed, "test")
+    rest, test = _cut(positions, strata, classes, config.test, config.seed, "test")
     rest_strata = strata[rest] if strata is not None else None
     val_share = config.val / (1.0 - config.test) if config.test < 1 else 0.0
-    train, val = _cut(rest, rest_strata, val_share, config.seed + 1, "val")
+    train, val = _cut(rest, rest_strata, classes, val_share, config.seed + 1, "val")
     if train.size == 0:
         raise DataError(
             f"{num_rows} rows leave no training rows with val={config.val}, test={config.test}"
@@ -45,7 +50,12 @@ def split_indices(
 
 
 def _cut(
-    positions: np.ndarray, strata: np.ndarray | None, share: float, seed: int, name: str
+    positions: np.ndarray,
+    strata: np.ndarray | None,
+    names: Sequence[object],
+    share: float,
+    seed: int,
+    name: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     if share <= 0 or positions.size == 0:
         return positions, positions[:0]
@@ -56,8 +66,8 @@ def _cut(
     except ValueError as exc:
         if strata is None:
             raise DataError(f"cannot cut a {name} split of {share:.3g}: {exc}") from None
-        classes, counts = np.unique(strata.astype(str), return_counts=True)
-        rare = ", ".join(f"{str(c)!r} ({n})" for c, n in zip(classes, counts) if n < 2)
+        counts = np.bincount(strata)
+        rare = ", ".join(f"{str(names[c])!r} ({n})" for c, n in enumerate(counts) if 0 < n < 2)
         raise DataError(
             f"cannot stratify the {name} split: {exc}"
             + (f"; classes with too few rows: {rare}" if rare else ""),

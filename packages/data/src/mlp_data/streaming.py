@@ -209,10 +209,15 @@ class StreamingTabularDataset(IterableDataset):
         self.drop_last = drop_last
         self.rank, self.world_size = distributed_place(rank, world_size)
         self.validator = validator
-        self.epoch = 0
+        # Shared memory, so that persistent workers (copies of this dataset) see set_epoch.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def my_pieces(self, worker: int = 0, num_workers: int = 1) -> list[Piece]:
         """The pieces this rank's ``worker`` reads this epoch."""
@@ -232,7 +237,9 @@ class StreamingTabularDataset(IterableDataset):
             rng = np.random.default_rng([self.seed, self.epoch, piece.index])
             for frame in self.stream.frames(piece, self.split, self.split_config):
                 if self.validator is not None:
-                    frame = self.validator.apply(frame, source=f"{self.stream.path} (piece {piece.index})")
+                    frame = self.validator.apply(
+                        frame, source=f"{self.stream.path} (piece {piece.index})"
+                    )
                 arrays = self.preprocessor.transform(frame, source=str(self.stream.path))
                 if self.shuffle:
                     order = rng.permutation(len(frame))
@@ -251,7 +258,9 @@ def _take(
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, np.ndarray]], int]:
     """The first ``count`` rows of the pending arrays as tensors, and what is left."""
     merged = {key: np.concatenate([part[key] for part in pending]) for key in pending[0]}
-    batch = {key: torch.from_numpy(np.ascontiguousarray(value[:count])) for key, value in merged.items()}
+    batch = {
+        key: torch.from_numpy(np.ascontiguousarray(value[:count])) for key, value in merged.items()
+    }
     rest = len(next(iter(merged.values()))) - count
     left = [{key: value[count:] for key, value in merged.items()}] if rest else []
     return batch, left, rest
@@ -260,7 +269,7 @@ def _take(
 class LargeScaleLoader(DataLoader):
     """A DataLoader over a :class:`StreamingTabularDataset`: batches are formed by the dataset.
 
-    Workers are started afresh each epoch (never persistent) so that they see ``set_epoch``.
+    Extra keyword arguments go to ``DataLoader`` (``multiprocessing_context``, ``timeout``...).
     """
 
     def __init__(
@@ -269,6 +278,7 @@ class LargeScaleLoader(DataLoader):
         *,
         num_workers: int = 0,
         pin_memory: bool = False,
+        persistent_workers: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -276,7 +286,7 @@ class LargeScaleLoader(DataLoader):
             batch_size=None,
             num_workers=num_workers,
             pin_memory=pin_memory,
-            persistent_workers=False,
+            persistent_workers=persistent_workers and num_workers > 0,
             **kwargs,
         )
 

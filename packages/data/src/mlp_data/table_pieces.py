@@ -38,7 +38,9 @@ class Piece:
     stop: int
 
 
-def plan_pieces(path: str | os.PathLike[str], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[Piece]:
+def plan_pieces(
+    path: str | os.PathLike[str], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> list[Piece]:
     file = check_file(path)
     if is_parquet(file):
         groups = pq.ParquetFile(file).num_row_groups

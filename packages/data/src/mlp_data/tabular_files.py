@@ -31,8 +31,7 @@ def check_file(path: str | os.PathLike[str]) -> Path:
         parent = file.parent if file.parent.exists() else None
         nearby = sorted(p.name for p in parent.iterdir() if p.is_file())[:10] if parent else []
         raise DataError(
-            f"data file {file} does not exist"
-            + (f"; {parent} holds {nearby}" if nearby else ""),
+            f"data file {file} does not exist" + (f"; {parent} holds {nearby}" if nearby else ""),
             hint="Set data.path to an existing CSV or Parquet file.",
         )
     if not file.is_file():

@@ -64,7 +64,9 @@ def read_data_yaml(path: Path) -> YOLODataYAML:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise DataError(f"{file}: not valid YAML ({exc})", hint=DATA_YAML_HINT) from None
     if not isinstance(document, dict):
-        raise DataError(f"{file}: expected a mapping of keys, got {document!r}", hint=DATA_YAML_HINT)
+        raise DataError(
+            f"{file}: expected a mapping of keys, got {document!r}", hint=DATA_YAML_HINT
+        )
     root = file.parent / str(document.get("path") or ".")
     names = _class_names(file, document)
     sources = {}

@@ -35,11 +35,20 @@ class BackboneLayout:
     first_conv: str
 
 
+def _resnet_stages(network: nn.Module) -> tuple[str, ...]:
+    return _RESNET_STAGES
+
+
+def _feature_blocks(network: nn.Module) -> tuple[str, ...]:
+    # features.0 is the stem conv; every block after it is a stage.
+    return tuple(f"features.{index}" for index in range(1, len(network.get_submodule("features"))))
+
+
 def _resnet(builder: Callable[..., nn.Module]) -> BackboneLayout:
     return BackboneLayout(
         builder=builder,
         stem=("conv1", "bn1", "relu", "maxpool"),
-        stages=lambda network: _RESNET_STAGES,
+        stages=_resnet_stages,
         pool="avgpool",
         classifier="fc",
         head="fc",
@@ -51,9 +60,7 @@ def _features_net(builder: Callable[..., nn.Module], head: str) -> BackboneLayou
     return BackboneLayout(
         builder=builder,
         stem=("features.0",),
-        stages=lambda network: tuple(
-            f"features.{index}" for index in range(1, len(network.get_submodule("features")))
-        ),
+        stages=_feature_blocks,
         pool="avgpool",
         classifier="classifier",
         head=head,

@@ -33,9 +33,7 @@ def load_state_dict_checked(
 
 def state_dict_mismatches(module: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
     own = module.state_dict()
-    missing = [
-        key for key in own if key not in state and not key.endswith(_FILLED_IN_BY_TORCH)
-    ]
+    missing = [key for key in own if key not in state and not key.endswith(_FILLED_IN_BY_TORCH)]
     unexpected = [key for key in state if key not in own]
     mismatched = [
         f"{key} is {list(state[key].shape)} in the file but {list(own[key].shape)} in the model"

@@ -78,7 +78,9 @@ class TabularModel(BaseModel):
         self.dropout = check_fraction(NAME, "dropout", dropout)
         self.norm = check_choice(NAME, "norm", norm, NORMS)
         self.embedding_dim = (
-            None if embedding_dim is None else check_int(NAME, "embedding_dim", embedding_dim, minimum=1)
+            None
+            if embedding_dim is None
+            else check_int(NAME, "embedding_dim", embedding_dim, minimum=1)
         )
 
         self.embeddings = nn.ModuleList(

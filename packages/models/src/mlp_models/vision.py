@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from mlp_core.batch import IMAGE
 from mlp_core.errors import ConfigError, ModelError
 from mlp_models.arguments import check_bool, check_choice, check_int
-from mlp_models.backbones import BACKBONES
+from mlp_models.backbones import BACKBONES, BackboneLayout
 from mlp_models.base import BaseModel
 from mlp_models.model_file import is_model_payload, load_tensors
 from mlp_models.registry import register_model
@@ -52,18 +52,19 @@ class VisionModel(BaseModel):
         freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
-        self.backbone = check_choice("vision", "backbone", backbone, BACKBONES)
+        self.backbone = check_choice("VisionModel", "backbone", backbone, BACKBONES)
         self.task = "multiclass"
         self.num_classes = check_int(backbone, "num_classes", num_classes, minimum=2)
         self.in_channels = check_int(backbone, "in_channels", in_channels, minimum=1)
         self.image_size = check_int(backbone, "image_size", image_size, minimum=MIN_IMAGE_SIZE)
         check_bool(backbone, "freeze_backbone", freeze_backbone)
-        if pretrained_weights is not None and not isinstance(pretrained_weights, (str, Path)):
+        if pretrained_weights is not None and not isinstance(
+            pretrained_weights, (str, os.PathLike)
+        ):
             raise ConfigError(
                 f"model {backbone!r}: pretrained_weights: expected a local file path; "
                 f"given {pretrained_weights!r}"
             )
-        self.layout = BACKBONES[backbone]
         self.network = self.layout.builder(weights=None, num_classes=num_classes)
         if in_channels != _RGB:
             self._replace_first_conv()
@@ -77,6 +78,11 @@ class VisionModel(BaseModel):
     @property
     def model_name(self) -> str:
         return self.backbone
+
+    @property
+    def layout(self) -> BackboneLayout:
+        # Looked up, not stored: the layout holds functions, and a model must stay picklable.
+        return BACKBONES[self.backbone]
 
     def get_config(self) -> dict[str, Any]:
         # pretrained_weights is left out: the saved file holds the weights, and the original
@@ -189,8 +195,12 @@ def _network_state(file: Path, payload: object, expected: str) -> dict[str, Tens
             for key, tensor in saved.items()
             if isinstance(tensor, Tensor)
         }
-    if isinstance(payload, dict) and payload and all(
-        isinstance(key, str) and isinstance(value, Tensor) for key, value in payload.items()
+    if (
+        isinstance(payload, dict)
+        and payload
+        and all(
+            isinstance(key, str) and isinstance(value, Tensor) for key, value in payload.items()
+        )
     ):
         return dict(payload)
     raise ModelError(

@@ -1,4 +1,4 @@
-"""mlp-train."""
+"""mlp-train: the Trainer, callbacks, metrics, exact resume, DDP and `mlp train` / `mlp evaluate`."""
 
 from importlib.metadata import version as _version
 

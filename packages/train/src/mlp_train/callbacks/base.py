@@ -1,0 +1,54 @@
+"""The hook interface of the training loop (an Observer).
+
+A callback overrides the hooks it needs; the trainer calls them in this order::
+
+    on_fit_start
+    for each epoch:
+        on_train_epoch_start
+        on_train_step_end      after every optimizer step
+        on_epoch_end           after validation, with the epoch's metrics
+    on_fit_end                 (or on_exception, then the error propagates)
+
+A callback that keeps state across epochs (early stopping's patience, the top-k checkpoints)
+returns it from ``state_dict`` so that it is saved in every checkpoint and restored on resume.
+Callbacks run on every rank; those that write files check ``trainer.is_main``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlp_train.trainer import Trainer
+
+
+class Callback:
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first epoch (after a resume has restored the state)."""
+
+    def on_train_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """At the start of each training epoch."""
+
+    def on_train_step_end(self, trainer: Trainer, step: int, loss: float) -> None:
+        """After each optimizer step; ``loss`` is that step's (unaccumulated) training loss."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        """After training and validation of an epoch; ``metrics`` holds ``train.loss``,
+        ``val.loss``, ``val.<metric>`` and ``lr``."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """After the last epoch, or when training stopped early."""
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        """When training fails or is interrupted, before the error propagates."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's state in a checkpoint."""
+        return type(self).__qualname__

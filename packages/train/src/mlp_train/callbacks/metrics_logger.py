@@ -1,0 +1,60 @@
+"""Writes each epoch's metrics to metrics.jsonl and metrics.csv in the run folder, to the
+experiment tracker and to the Prometheus training metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from mlp_train.callbacks.base import Callback
+
+
+class MetricsLogger(Callback):
+    def __init__(self, run_dir: str | Path, tracker: Any = None, prometheus: Any = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.tracker = tracker
+        self.prometheus = prometheus  # mlp_obs.metrics.TrainingMetrics, or None
+        self._epoch_started = time.perf_counter()
+        self._samples = 0
+
+    def on_train_epoch_start(self, trainer, epoch: int) -> None:
+        self._epoch_started = time.perf_counter()
+        self._samples = 0
+
+    def on_train_step_end(self, trainer, step: int, loss: float) -> None:
+        self._samples += trainer.last_step_samples
+        if self.tracker is not None and trainer.is_main and step % trainer.log_every_n_steps == 0:
+            self.tracker.log_metrics({"train.loss_step": loss}, step=step)
+        if self.prometheus is not None:
+            self.prometheus.step(trainer.run_name)
+
+    def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
+        if not trainer.is_main:
+            return
+        seconds = time.perf_counter() - self._epoch_started
+        row = {"epoch": epoch, "step": trainer.step, **metrics, "epoch_seconds": seconds}
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        self._append_csv(row)
+        if self.tracker is not None:
+            self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        if self.prometheus is not None:
+            losses = {k.split(".")[0]: v for k, v in metrics.items() if k.endswith(".loss")}
+            values = {}
+            for key, value in metrics.items():
+                split, _, name = key.partition(".")
+                if name and name != "loss":
+                    values.setdefault(split, {})[name] = value
+            self.prometheus.observe_epoch(trainer.run_name, seconds, self._samples, losses, values)
+
+    def _append_csv(self, row: dict[str, Any]) -> None:
+        path = self.run_dir / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row), extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)

@@ -1,0 +1,78 @@
+"""Multi-process training on torch.distributed: the process group `torchrun` describes.
+
+``torchrun --nproc-per-node=N`` (or a multi-node launch) sets RANK, WORLD_SIZE, LOCAL_RANK and
+the rendezvous address; :func:`from_env` reads them. gloo on the CPU, nccl on GPUs. Only rank 0
+writes files, logs and tracks; the others compute and wait at barriers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> DistributedContext:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls()
+        return cls(
+            rank=int(os.environ["RANK"]),
+            world_size=world_size,
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
+
+    def device(self, requested: torch.device) -> torch.device:
+        """Each process on a node takes its own GPU."""
+        if self.enabled and requested.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return requested
+
+    def init(self, device: torch.device) -> None:
+        if not self.enabled or dist.is_initialized():
+            return
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, timeout=timedelta(minutes=10))
+
+    def barrier(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+
+    def broadcast_flag(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when any rank says True (a stop or an interrupt)."""
+        if not (self.enabled and dist.is_initialized()):
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def mean(self, value: float, device: torch.device) -> float:
+        if not (self.enabled and dist.is_initialized()):
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return float(tensor.item()) / self.world_size
+
+    def shutdown(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()

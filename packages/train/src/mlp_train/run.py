@@ -1,0 +1,290 @@
+"""A training run from a config: the run folder, data, model, tracking, fit, final evaluation.
+
+The run folder holds::
+
+    config.yaml          the resolved config (what `--resume` and `mlp evaluate` read)
+    log.jsonl            structured logs
+    dataset.json         what the data told the model (task, classes, inputs, split sizes)
+    preprocessing.json   every fitted preprocessing parameter (for export and serving)
+    metrics.jsonl/.csv   one row per epoch
+    checkpoints/         last (x2) and best checkpoints, with index.json
+    model/               the final model: weights + config, loadable by name
+    metrics.json         final validation and test metrics
+    plots/               training curves, confusion matrix or residuals (PNG)
+    tracking.jsonl       the run's tracking record (also in MLflow when installed)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mlp_core.config import apply_overrides, load_config, save_config, validate_config
+from mlp_core.errors import CheckpointError, ConfigError
+from mlp_core.files import atomic_write_text
+from mlp_core.runs import new_run_dir
+from mlp_core.seeding import seed_everything
+from mlp_data import DataAdapter, create_adapter
+from mlp_models import BaseModel, create_model, load_model
+from mlp_models.registry import models as model_registry
+from mlp_obs.log import bind_context, configure_logging
+from mlp_obs.tracking import create_tracker
+from mlp_train.checkpoint import CheckpointStore, load_checkpoint
+from mlp_train.config import TrainConfig
+from mlp_train.distributed import DistributedContext
+from mlp_train.plots import plot_confusion_matrix, plot_residuals, plot_training_curves
+from mlp_train.trainer import Trainer
+
+CONFIG_FILE = "config.yaml"
+MODEL_DIR = "model"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, float]
+
+
+def train(
+    config_path: str | Path | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    runs_root: str | Path | None = None,
+    resume: str | Path | None = None,
+) -> RunResult:
+    """Train from a config file or folder, or continue the run in ``resume``."""
+    dist = DistributedContext.from_env()
+    if resume is not None:
+        run_dir = Path(resume)
+        config = _resume_config(run_dir, config_path, overrides)
+    else:
+        if config_path is None:
+            raise ConfigError("mlp train needs a config (a YAML file or a folder) or --resume")
+        config = load_config(config_path, overrides, schema=TrainConfig)
+        if runs_root is not None:
+            config.training.run_dir = Path(runs_root)
+        run_dir = _new_run_dir(config, dist)
+    training = config.training
+    if dist.is_main:
+        save_config(config, run_dir / CONFIG_FILE)
+    configure_logging(json_file=run_dir / "log.jsonl" if dist.is_main else None)
+    seed_everything(training.seed, deterministic=training.deterministic)
+
+    adapter = create_adapter(config.data.model_dump(), source=str(config_path or run_dir))
+    adapter.prepare()
+    info = adapter.info()
+    model = build_model(config, info)
+    loaders = adapter.loaders(distributed=dist.enabled, rank=dist.rank, world_size=dist.world_size)
+    tracker = None
+    if dist.is_main:
+        _write_json(run_dir / "dataset.json", info.as_dict())
+        _write_json(run_dir / "preprocessing.json", adapter.preprocessing())
+        tracker = create_tracker(
+            run_dir, runs_root=training.run_dir, backend=training.tracking.backend
+        )
+        tracker.start_run(run_dir.name, experiment=training.experiment)
+        tracker.log_params(config.model_dump(mode="json"))
+    trainer = Trainer(
+        training,
+        run_dir=run_dir,
+        tracker=tracker,
+        class_names=info.class_names,
+        distributed=dist,
+    )
+    try:
+        with bind_context(run_id=tracker.run_id if tracker else run_dir.name):
+            trainer.fit(model, loaders["train"], loaders.get("val"), resume=resume is not None)
+            metrics = _finish(trainer, model, adapter, run_dir, tracker, config)
+    except BaseException as error:
+        if tracker is not None:
+            tracker.__exit__(type(error), error, None)
+        raise
+    finally:
+        dist.shutdown()
+    if tracker is not None:
+        tracker.end_run()
+    return RunResult(run_dir, metrics)
+
+
+def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, float]:
+    """Recompute a finished run's metrics and plots on ``split`` from its saved model."""
+    run_dir = Path(run_dir)
+    config = _read_run_config(run_dir)
+    seed_everything(config.training.seed)
+    adapter = create_adapter(config.data.model_dump(), source=str(run_dir / CONFIG_FILE))
+    adapter.prepare()
+    _check_same_preprocessing(run_dir, adapter)
+    model = load_model(run_dir / MODEL_DIR)
+    trainer = Trainer(_quiet(config.training), class_names=adapter.info().class_names)
+    loader = adapter.loaders((split,))[split]
+    result = trainer.evaluate(model, loader, split, sync=False)
+    _write_plots(run_dir, _read_history(run_dir), model, result, split)
+    values = result.metrics
+    path = run_dir / "metrics.json"
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing.update(values)
+    _write_json(path, existing)
+    return values
+
+
+def build_model(config: TrainConfig, info: Any) -> BaseModel:
+    """The configured model, given what the data decides (inputs, classes, task)."""
+    user = dict(config.model.model_extra or {})
+    factory = model_registry.get(config.model.name)
+    accepted = inspect.signature(factory).parameters
+    from_data = {k: v for k, v in _data_kwargs(info).items() if k in accepted and k not in user}
+    return create_model(config.model.name, **from_data, **user)
+
+
+def _data_kwargs(info: Any) -> dict[str, Any]:
+    kwargs = dict(info.model_kwargs())
+    size = kwargs.get("image_size")
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ConfigError(f"data: the vision models take square images, got {list(size)}")
+        kwargs["image_size"] = int(size[0])
+    kwargs["task"] = "regression" if info.task == "regression" else "multiclass"
+    return kwargs
+
+
+def _finish(trainer, model, adapter: DataAdapter, run_dir: Path, tracker, config) -> dict:
+    """Keep the best weights, save the model, evaluate on val and test, plot, track.
+
+    Rank 0 alone does this, on the whole val and test sets; the other ranks are done.
+    """
+    if not trainer.is_main:
+        return {}
+    store = CheckpointStore(run_dir / "checkpoints")
+    best = store.best(config.training.checkpoint.mode)
+    if best is not None:
+        state = load_checkpoint(store.folder / best.file, trainer.device, sha256=best.sha256)
+        model.load_state_dict(state["model"])
+    loaders = adapter.loaders(("val", "test"))
+    metrics: dict[str, float] = {}
+    last = None
+    for split in ("val", "test"):
+        if len(loaders[split].dataset) == 0:
+            continue
+        last = trainer.evaluate(model, loaders[split], split, sync=False)
+        metrics.update(last.metrics)
+    model.save(run_dir / MODEL_DIR)
+    _write_json(run_dir / "metrics.json", metrics)
+    plots = _write_plots(run_dir, trainer.history, model, last, last.split if last else "test")
+    if tracker is not None:
+        tracker.log_metrics({f"final.{k}": v for k, v in metrics.items()})
+        for path in [run_dir / CONFIG_FILE, run_dir / "metrics.json", *plots]:
+            tracker.log_artifact(path, artifact_path="plots" if path.suffix == ".png" else None)
+        tracker.log_artifact(run_dir / MODEL_DIR, artifact_path=MODEL_DIR)
+        if best is not None:
+            tracker.log_artifact(store.folder / best.file, artifact_path="checkpoints")
+        name = config.training.tracking.register_model
+        if name:
+            tracker.register_model(name, MODEL_DIR)
+    log.info("run finished: %s", json.dumps(metrics))
+    return metrics
+
+
+def _write_plots(run_dir: Path, history, model, result, split: str) -> list[Path]:
+    plots = run_dir / "plots"
+    written = []
+    if history:
+        written.append(plot_training_curves(history, plots / "training_curves.png"))
+    if result is None:
+        return written
+    if model.task == "regression":
+        path = plots / f"residuals_{split}.png"
+        written.append(plot_residuals(result.predictions.numpy(), result.targets.numpy(), path))
+    else:
+        scores = result.scores
+        names = scores.class_names or [str(i) for i in range(scores.num_classes)]
+        path = plots / f"confusion_matrix_{split}.png"
+        written.append(plot_confusion_matrix(scores.confusion_matrix(), names, path))
+    return written
+
+
+def _read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _new_run_dir(config: TrainConfig, dist: DistributedContext) -> Path:
+    # Every rank must agree on the folder: rank 0 creates it and tells the others.
+    name = config.training.run_name or Path(str(config.data.path or "run")).stem
+    if not dist.enabled:
+        return new_run_dir(config.training.run_dir, name)
+    import torch.distributed as torch_dist
+
+    holder = [str(new_run_dir(config.training.run_dir, name)) if dist.is_main else ""]
+    dist.init(torch.device("cpu") if config.training.device == "cpu" else _device_of(config, dist))
+    torch_dist.broadcast_object_list(holder, src=0)
+    return Path(holder[0])
+
+
+def _device_of(config: TrainConfig, dist: DistributedContext) -> torch.device:
+    from mlp_train.devices import select_device
+
+    return dist.device(select_device(config.training.device))
+
+
+def _resume_config(run_dir: Path, config_path, overrides) -> TrainConfig:
+    if not (run_dir / CONFIG_FILE).exists():
+        raise CheckpointError(
+            f"{run_dir} is not a run folder (no {CONFIG_FILE})",
+            hint="Pass the folder `mlp train` printed as its last line.",
+        )
+    saved = _read_run_config(run_dir, overrides)
+    if config_path is not None:
+        asked = load_config(config_path, overrides, schema=TrainConfig)
+        if asked.model.model_dump() != saved.model.model_dump():
+            raise CheckpointError(
+                f"{run_dir} trained model {saved.model.name!r} with other settings than "
+                f"{config_path} asks for ({asked.model.name!r})",
+                hint="Resume with the run's own config (omit the config path), or start a new run.",
+            )
+    return saved
+
+
+def _read_run_config(run_dir: Path, overrides=()) -> TrainConfig:
+    path = run_dir / CONFIG_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc}") from None
+    sources = dict.fromkeys(raw, str(path))
+    apply_overrides(raw, overrides, sources)
+    return validate_config(raw, schema=TrainConfig, sources=sources)
+
+
+def _check_same_preprocessing(run_dir: Path, adapter: DataAdapter) -> None:
+    saved_path = run_dir / "preprocessing.json"
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    now = json.loads(json.dumps(adapter.preprocessing()))
+    if saved != now:
+        raise ConfigError(
+            f"the data of {run_dir} has changed since training: the preprocessing fitted now "
+            f"differs from {saved_path}",
+            hint="Evaluate on the data the run was trained on.",
+        )
+
+
+def _quiet(training):
+    return training.model_copy(update={"progress": "none"})
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
+
+
+__all__ = ["RunResult", "build_model", "evaluate", "train"]
