@@ -19,6 +19,7 @@ step "declared dependencies (deptry)"
 tools/check_deps.sh
 
 step "per-package tests, each in an isolated environment"
+tools/make_protobuf7_env.sh  # the gRPC stubs are also tested under protobuf 7
 tools/test_packages.sh
 
 step "cross-package tests (tests/) in the workspace environment"

@@ -1,36 +1,42 @@
 #!/usr/bin/env bash
 # Each package's tests in an environment holding only that package, its declared dependencies
 # (and the extras named below) and its own dev group: an undeclared dependency fails here.
-# Usage: tools/test_packages.sh [core obs ...]   (default: every package that has tests)
+# Usage: tools/test_packages.sh [core obs ...]   (default: every suite)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_uv >/dev/null
 
-declare -A EXTRAS=(
-    [obs]="--extra mlflow --extra gpu"
+# suite = package : extras : test folder (under packages/<package>/)
+SUITES=(
+    "core::tests"
+    "obs:mlflow gpu:tests"
+    "data::tests"
+    "models::tests"
+    "train::tests"
+    "serve::tests"              # the server alone: no torch in this environment
+    "serve:export:tests_export" # the exporter: mlp-serve[export]
 )
 
-packages=("$@")
-if [ ${#packages[@]} -eq 0 ]; then
-    for dir in "$ROOT"/packages/*/; do packages+=("$(basename "$dir")"); done
-fi
-
+wanted=("$@")
 status=0
-for name in "${packages[@]}"; do
-    tests="$ROOT/packages/$name/tests"
+for suite in "${SUITES[@]}"; do
+    IFS=: read -r name extras folder <<<"$suite"
+    if [ ${#wanted[@]} -gt 0 ] && [[ ! " ${wanted[*]} " == *" $name "* ]]; then continue; fi
+    tests="$ROOT/packages/$name/$folder"
     if ! compgen -G "$tests/test_*.py" >/dev/null; then
-        echo "mlp-$name: no tests yet (its code lands in a later issue)"
-        continue
+        echo "mlp-$name ($folder): no tests"; status=1; continue
     fi
-    step "mlp-$name: isolated environment .venvs/$name"
-    # shellcheck disable=SC2086
-    (cd "$ROOT" && UV_PROJECT_ENVIRONMENT="$ROOT/.venvs/$name" \
-        uv sync --frozen --package "mlp-$name" ${EXTRAS[$name]:-} --quiet)
-    step "mlp-$name: tests"
+    venv="$ROOT/.venvs/$name${extras:+-${extras// /-}}"
+    flags=()
+    for extra in $extras; do flags+=(--extra "$extra"); done
+    step "mlp-$name${extras:+[$extras]}: isolated environment ${venv#"$ROOT"/}"
+    (cd "$ROOT" && UV_PROJECT_ENVIRONMENT="$venv" \
+        uv sync --frozen --package "mlp-$name" "${flags[@]}" --quiet)
+    step "mlp-$name${extras:+[$extras]}: $folder"
     set +e
-    (cd "$ROOT" && "$ROOT/.venvs/$name/bin/python" -m pytest "$tests" -q -p no:cacheprovider)
+    (cd "$ROOT" && "$venv/bin/python" -m pytest "$tests" -q -p no:cacheprovider)
     rc=$?
     set -e
-    if [ $rc -ne 0 ]; then echo "mlp-$name: tests FAILED (pytest exit $rc)"; status=1; fi
+    if [ $rc -ne 0 ]; then echo "mlp-$name: $folder FAILED (pytest exit $rc)"; status=1; fi
 done
 exit $status

@@ -18,17 +18,22 @@ echo "built ${#wheels[@]} wheels:"; printf '  %s\n' "${wheels[@]##*/}"
 
 wheel() { ls "$dist"/"$1"-*.whl; }
 
+banned_in() {  # banned_in VENV PACKAGE...: fail if the venv holds any of the packages
+    local venv=$1; shift
+    local listing
+    listing=$(uv pip list --python "$venv/bin/python" 2>/dev/null | awk '{print tolower($1)}')
+    for banned in "$@"; do
+        if grep -qx "$banned" <<<"$listing"; then echo "$venv holds $banned"; return 1; fi
+    done
+}
+
 step "mlp-core + mlp-obs alone, from the wheels, in a fresh venv"
 uv venv --quiet --python 3.11 "$work/obs"
 uv pip install --quiet --python "$work/obs/bin/python" "$(wheel mlp_core)" "$(wheel mlp_obs)"
 cd "$work"  # nothing of the workspace on the path
 "$work/obs/bin/mlp" --version
 "$work/obs/bin/mlp" doctor
-for banned in torch onnxruntime grpcio mlflow-skinny; do
-    if uv pip list --python "$work/obs/bin/python" 2>/dev/null | grep -qi "^$banned "; then
-        echo "mlp-obs pulled $banned"; exit 1
-    fi
-done
+banned_in "$work/obs" torch onnxruntime onnxruntime-gpu grpcio mlflow-skinny
 echo "no torch, onnxruntime, grpcio or mlflow in mlp-core + mlp-obs"
 "$work/obs/bin/python" - <<'PY'
 # Without the mlflow extra a run is still recorded, as JSON lines in the run folder.
@@ -58,4 +63,23 @@ history = MlflowClient(tracking_uri(root)).get_metric_history(run_id, "loss")
 assert [(m.step, m.value) for m in history] == [(3, 0.25)], history
 print("tracked to", tracking_uri(root))
 PY
+
+
+step "mlp-train alone (and the mlp packages it depends on), from the wheels, in a fresh venv"
+uv venv --quiet --python 3.11 "$work/train"
+uv pip install --quiet --python "$work/train/bin/python" \
+    "$(wheel mlp_train)" "$(wheel mlp_core)" "$(wheel mlp_obs)" "$(wheel mlp_data)" "$(wheel mlp_models)"
+banned_in "$work/train" grpcio onnxruntime onnxruntime-gpu mlp-serve
+echo "mlp-train pulled no grpcio, no onnxruntime, no mlp-serve"
+"$work/train/bin/mlp" --version
+run_dir=$("$work/train/bin/mlp" train "$ROOT/examples/penguins" \
+    --set "data.path=$ROOT/examples/data/penguins.csv" --set training.progress=none \
+    --run-dir "$work/runs" | tail -n 1)
+python3 - "$run_dir" <<'PY'
+import json, sys
+metrics = json.load(open(f"{sys.argv[1]}/metrics.json"))
+print(f"penguins trained from the wheels: test accuracy {metrics['test.accuracy']:.3f}")
+assert metrics["test.accuracy"] >= 0.95, metrics
+PY
+
 echo "wheel check passed"
