@@ -184,7 +184,7 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             + ", ".join(SECTION_FILES[s] for s in REQUIRED_SECTION_FILES)
             + ".",
         )
-    document = _read_yaml(path)
+    document = read_yaml(path)
     return document, dict.fromkeys([*SECTIONS, *document], str(path))
 
 
@@ -203,7 +203,7 @@ def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
         file = folder / filename
         if not file.exists():
             continue
-        document = _read_yaml(file)
+        document = read_yaml(file)
         # Accept both the bare section body and a file that wraps it in its section key.
         if set(document) == {section} and isinstance(document[section], dict):
             document = document[section]
@@ -212,7 +212,7 @@ def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return raw, sources
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -61,6 +61,9 @@ class UnifiedLoader:
             rank=rank,
             world_size=world_size,
             drop_last=self.drop_last and training and world_size > 1,
+            # Only training steps in lock-step across the ranks; padding val or test would
+            # count the repeated samples twice in the metrics summed over the ranks.
+            pad=training,
         )
         self._samplers.append(sampler)
         return DataLoader(

@@ -81,17 +81,18 @@ class CheckpointStore:
         atomic_write_bytes(path, buffer.getvalue())
         entry = Entry(name, kind, epoch, step, sha256_file(path), monitor, value)
         entries = [e for e in entries if e.file != name] + [entry]
-        entries = self._prune(entries, keep_best, mode)
+        # A "last" save leaves the best ones alone: only a best save knows its top k.
+        entries = self._prune(entries, keep_best if kind == "best" else None, mode)
         self._write_index(entries)
         return path
 
-    def _prune(self, entries: list[Entry], keep_best: int, mode: str) -> list[Entry]:
+    def _prune(self, entries: list[Entry], keep_best: int | None, mode: str) -> list[Entry]:
         last = sorted((e for e in entries if e.kind == "last"), key=lambda e: e.step)
         best = sorted(
             (e for e in entries if e.kind == "best"),
             key=lambda e: e.value if mode == "min" else -e.value,  # type: ignore[operator]
         )
-        keep = last[-LAST_KEPT:] + best[: max(keep_best, 0)]
+        keep = last[-LAST_KEPT:] + (best if keep_best is None else best[: max(keep_best, 0)])
         for entry in entries:
             if entry not in keep:
                 (self.folder / entry.file).unlink(missing_ok=True)
@@ -125,7 +126,11 @@ class CheckpointStore:
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict, Path]:
         """The newest checkpoint that verifies; corrupt ones are reported and skipped."""
-        candidates = sorted(self.entries(), key=lambda e: (e.step, e.kind == "last"), reverse=True)
+        # At equal steps the epoch-end checkpoint (epoch + 1) goes first: it holds the
+        # validation and scheduler step that a mid-epoch one at the same step lacks.
+        candidates = sorted(
+            self.entries(), key=lambda e: (e.step, e.kind == "last", e.epoch), reverse=True
+        )
         problems = []
         for entry in candidates:
             path = self.folder / entry.file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from mlp_core.cli import Command
 
@@ -42,6 +43,8 @@ def _train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         print(f"mlp train: {stop.message}\n  resume with: mlp train --resume <run folder>")
         return EXIT_INTERRUPTED
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports (the others hold no final metrics)
     shown = {k: round(v, 4) for k, v in result.metrics.items()}
     print(json.dumps(shown))
     print(result.run_dir)  # the last line: scripts read the run folder from it

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from mlp_core.config import DataSection, MlpConfig, TrainingSection
 
@@ -60,6 +67,12 @@ class CallbackSpec(_Options):
 
     class_path: str = Field(..., alias="class")
     args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _by_alias(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The resolved config.yaml must load again: write the key users write, `class`.
+        data = handler(self)
+        return {"class": data.pop("class_path", None) or data.pop("class"), **data}
 
 
 class TrackingConfig(_Options):

@@ -74,5 +74,8 @@ class DistributedContext:
         return float(tensor.item()) / self.world_size
 
     def shutdown(self) -> None:
+        """Tear the group down once every rank is done (rank 0 finishes last: it evaluates,
+        saves and tracks); a rank destroying its group while a peer still works can hang."""
         if self.enabled and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()

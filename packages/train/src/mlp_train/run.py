@@ -106,11 +106,12 @@ def train(
     except BaseException as error:
         if tracker is not None:
             tracker.__exit__(type(error), error, None)
+        # No shutdown here: the other ranks may still be inside a collective, and tearing the
+        # group down under them can hang; the launcher ends them when this process fails.
         raise
-    finally:
-        dist.shutdown()
     if tracker is not None:
         tracker.end_run()
+    dist.shutdown()
     return RunResult(run_dir, metrics)
 
 

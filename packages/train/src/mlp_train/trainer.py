@@ -312,6 +312,9 @@ class Trainer:
         for index, batch in enumerate(loader, start=skip):
             batch = self._to_device(batch)
             boundary = (index + 1) % accumulate == 0 or index + 1 == total
+            # The epoch's last group may hold fewer batches: average over those it holds, so
+            # that its step is as big as the others (as one batch of their size would be).
+            group = min(accumulate, total - index + index % accumulate)
             sync = contextlib.nullcontext()
             if self.dist.enabled and not boundary:
                 sync = self.net.no_sync()  # type: ignore[operator]
@@ -321,7 +324,7 @@ class Trainer:
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise self._non_finite(value)
-                scaler.scale(loss / accumulate).backward()
+                scaler.scale(loss / group).backward()
             self._train_meter.update(value, n=len(targets))
             samples += len(targets)
             if not boundary:

@@ -18,10 +18,10 @@ class LearningRateScheduler(Callback):
             trainer.check_monitor(self.monitor, "scheduler.monitor")
 
     def on_train_step_end(self, trainer, step: int, loss: float) -> None:
-        if trainer.scheduler is not None and trainer.scheduler_interval == "step":
-            # OneCycleLR refuses to step past its planned total (e.g. a resumed longer run).
-            if trainer.scheduler.last_epoch < trainer.scheduler.total_steps:
-                trainer.scheduler.step()
+        stepwise = trainer.scheduler is not None and trainer.scheduler_interval == "step"
+        # OneCycleLR refuses to step past its planned total (e.g. a resumed longer run).
+        if stepwise and trainer.scheduler.last_epoch < trainer.scheduler.total_steps:
+            trainer.scheduler.step()
 
     def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
         if trainer.scheduler is None:

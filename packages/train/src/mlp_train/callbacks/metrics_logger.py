@@ -4,11 +4,13 @@ experiment tracker and to the Prometheus training metrics."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+from mlp_core.files import atomic_write_text
 from mlp_train.callbacks.base import Callback
 
 
@@ -19,6 +21,31 @@ class MetricsLogger(Callback):
         self.prometheus = prometheus  # mlp_obs.metrics.TrainingMetrics, or None
         self._epoch_started = time.perf_counter()
         self._samples = 0
+
+    def on_fit_start(self, trainer) -> None:
+        # A run resumed from an older checkpoint (the newest was corrupt) trains some epochs
+        # again: drop the rows they wrote before, so that each epoch keeps one row.
+        if trainer.is_main and trainer.start_epoch > 0:
+            self._drop_rows_from(trainer.start_epoch)
+
+    def _drop_rows_from(self, epoch: int) -> None:
+        jsonl, table = self.run_dir / "metrics.jsonl", self.run_dir / "metrics.csv"
+        if jsonl.exists():
+            lines = [line for line in jsonl.read_text(encoding="utf-8").splitlines() if line]
+            kept = [line for line in lines if json.loads(line)["epoch"] < epoch]
+            if len(kept) < len(lines):
+                atomic_write_text(jsonl, "".join(f"{line}\n" for line in kept))
+        if table.exists():
+            with open(table, newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                fields, rows = reader.fieldnames or [], list(reader)
+            kept_rows = [row for row in rows if int(row["epoch"]) < epoch]
+            if len(kept_rows) < len(rows):
+                buffer = io.StringIO()
+                writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\r\n")
+                writer.writeheader()
+                writer.writerows(kept_rows)
+                atomic_write_text(table, buffer.getvalue())
 
     def on_train_epoch_start(self, trainer, epoch: int) -> None:
         self._epoch_started = time.perf_counter()

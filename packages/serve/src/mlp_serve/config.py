@@ -1,0 +1,93 @@
+"""The server's configuration: ports, models, onnxruntime options, batching, limits, auth.
+
+It is the ``serve`` section of an mlp config file, or a file holding only that section::
+
+    serve:
+      http_port: 8000
+      batching: {max_batch_size: 32, max_queue_delay_ms: 1.0}
+
+Unknown keys are errors, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlp_core.config import apply_overrides, read_yaml, validate_config
+from mlp_core.errors import ConfigError
+
+DEFAULT_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+MIB = 1 << 20
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BatchingConfig(_Strict):
+    """Dynamic batching, per model: concurrent requests merged into one onnxruntime run."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(64, gt=0, description="rows in one run; also a request's limit")
+    max_queue_delay_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    max_queue_size: int = Field(256, gt=0, description="requests waiting; beyond it: 503")
+
+
+class ServeConfig(_Strict):
+    host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="0 picks a free port")
+    models: list[str] | None = Field(None, description="models to serve; None: every one")
+    poll_seconds: float | None = Field(
+        5.0, gt=0, description="how often to look for new versions; None: never"
+    )
+    providers: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PROVIDERS),
+        description="onnxruntime execution providers in order of preference",
+    )
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    intra_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default")
+    inter_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    max_request_bytes: int = Field(64 * MIB, gt=0, description="larger bodies get 413")
+    grpc_max_message_bytes: int = Field(256 * MIB, gt=0)
+    auth_token: str | None = Field(None, description="bearer token the inference API requires")
+    admin_token: str | None = Field(None, description="bearer token of the load/unload API")
+    cors_origins: list[str] = Field(default_factory=list, description="empty: CORS off")
+    warmup: bool = Field(True, description="run a zero batch at load; a failure refuses it")
+
+
+class _ServeFile(BaseModel):
+    # A file with a `serve:` section may hold the training sections too: only `serve` is read.
+    model_config = ConfigDict(extra="ignore")
+
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+
+def load_serve_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> ServeConfig:
+    """The config from a YAML file (a ``serve:`` section or a bare one), then ``serve.key=value``
+    overrides (``http_port=0`` is accepted as short for ``serve.http_port=0``)."""
+    raw: dict[str, Any] = {"serve": {}}
+    sources: dict[str, str] = {}
+    if path is not None:
+        document = _read_serve_file(Path(path))
+        is_sectioned = isinstance(document.get("serve"), dict)
+        raw = {"serve": document["serve"]} if is_sectioned else {"serve": document}
+        sources["serve"] = str(path)
+    full = [item if item.startswith("serve.") else f"serve.{item}" for item in overrides]
+    apply_overrides(raw, full, sources)
+    return validate_config(raw, schema=_ServeFile, sources=sources).serve
+
+
+def _read_serve_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"serve config {path} does not exist", hint="Pass an existing YAML file.")
+    # mlp_core's reader gives the same file/line error messages as every other mlp command.
+    return read_yaml(path)

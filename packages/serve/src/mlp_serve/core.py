@@ -1,0 +1,349 @@
+"""The inference core that every front end (REST, gRPC) shares.
+
+It owns the model repository, the runners (dynamic batchers) and the thread pool onnxruntime
+runs in, and answers in protocol-neutral types (:mod:`mlp_serve.types`). A front end only
+translates its wire format; it never touches onnxruntime. Every failure of a request leaves
+:meth:`InferenceCore.infer` as an :class:`~mlp_serve.errors.InferenceError`, which carries the
+HTTP status and gRPC code to answer with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlp_obs.log import get_logger
+
+# mlp-obs owns the Prometheus dependency; its module re-exports the registry class.
+from mlp_obs.metrics import CollectorRegistry, InferenceMetrics
+from mlp_serve import __version__
+from mlp_serve.batching import DirectRunner, DynamicBatcher
+from mlp_serve.config import ServeConfig
+from mlp_serve.datatypes import from_numpy_dtype
+from mlp_serve.errors import (
+    InferenceError,
+    InvalidInput,
+    ModelNotFound,
+    ModelUnavailable,
+    QueueFull,
+)
+from mlp_serve.repository import ModelRepository, ModelVersion
+from mlp_serve.runtime import ModelRuntime
+from mlp_serve.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorMetadata
+from mlp_serve.validation import validate_inputs, validate_outputs
+
+log = get_logger(__name__)
+
+SERVER_NAME = "mlp"
+PLATFORM = "onnxruntime_onnx"
+# The Open Inference Protocol extensions this server implements (GET /v2 lists them).
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
+# Metrics label for requests naming a model the server does not have: clients choose names,
+# and one label value per typo would grow the exposition without bound.
+UNKNOWN_MODEL = "_unknown"
+
+_TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+
+
+def status_label(error: BaseException) -> str:
+    """The ``status`` label of a failed request in the request counter."""
+    for cls, label in (
+        (InvalidInput, "invalid_input"),
+        (ModelNotFound, "not_found"),
+        (QueueFull, "queue_full"),
+        (ModelUnavailable, "unavailable"),
+    ):
+        if isinstance(error, cls):
+            return label
+    return "error"
+
+
+class InferenceCore:
+    def __init__(
+        self,
+        repository_path: str | os.PathLike[str],
+        config: ServeConfig,
+        metrics: InferenceMetrics | None = None,
+    ) -> None:
+        self.config = config
+        # A private registry unless given metrics: two servers in one process (tests, notebooks)
+        # would otherwise clash registering the same families.
+        # ``registry`` is the one /metrics renders: the private one, or None (the caller's).
+        self.registry: CollectorRegistry | None = None
+        if metrics is None:
+            self.registry = CollectorRegistry()
+            metrics = InferenceMetrics(self.registry)
+        self.metrics = metrics
+        workers = max(4, os.cpu_count() or 1)
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="mlp-onnxruntime")
+        self._load_executor = ThreadPoolExecutor(1, thread_name_prefix="mlp-model-load")
+        self.repository = ModelRepository(
+            Path(repository_path),
+            config,
+            executor=self._load_executor,
+            metrics=self.metrics,
+            make_runner=self._make_runner,
+        )
+        self._started = False
+        self._stopping = False
+        self._stopped = False
+        self._in_flight = 0
+        self._idle: asyncio.Event | None = None
+        self._poller: asyncio.Task | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+        await self.repository.sync()
+        self._started = True
+        if self.config.poll_seconds:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+        log.info(
+            "inference core started",
+            repository=str(self.repository.root),
+            ready=self.repository.index(),
+        )
+
+    async def stop(self, drain_seconds: float = 30) -> None:
+        """Refuse new requests, let the ones in flight finish (up to ``drain_seconds``), unload."""
+        if self._stopped:
+            return
+        self._stopping = True
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._idle is not None and self._in_flight:
+            log.info("draining requests in flight", requests=self._in_flight)
+            try:
+                await asyncio.wait_for(self._idle.wait(), drain_seconds)
+            except asyncio.TimeoutError:
+                log.warning("drain timed out", requests=self._in_flight, seconds=drain_seconds)
+        await self.repository.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._load_executor.shutdown(wait=False, cancel_futures=True)
+        self._stopped = True
+        log.info("inference core stopped")
+
+    def live(self) -> bool:
+        return not self._stopped
+
+    def ready(self) -> bool:
+        if not self._started or self._stopping:
+            return False
+        if self.config.models is None:
+            return any(self.repository.has_ready(n) for n in self.repository.names())
+        return all(self.repository.has_ready(n) for n in self.config.models)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # -- metadata --------------------------------------------------------------------------
+
+    def server_metadata(self) -> dict:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        entry = self.repository.get(name, version)
+        versions = [str(v) for v in self.repository.ready_versions(name)]
+        return ModelMetadata(
+            name=name,
+            versions=versions if version in (None, "") else [str(entry.version)],
+            platform=PLATFORM,
+            inputs=_copy(entry.runtime.inputs),
+            outputs=_copy(entry.runtime.outputs),
+            parameters=self._parameters(entry),
+        )
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        if self._stopping:
+            return False
+        try:
+            self.repository.get(name, version)
+        except InferenceError:
+            return False
+        return True
+
+    def model_config(self, name: str, version: str | None = None) -> dict:
+        """The model's configuration in Triton's JSON form (what perf_analyzer reads)."""
+        entry = self.repository.get(name, version)
+        batch = entry.max_batch_size
+        config: dict[str, Any] = {
+            "name": name,
+            "version": str(entry.version),
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": batch,
+            "input": [_triton_tensor(t, batch) for t in entry.runtime.inputs],
+            "output": [_triton_tensor(t, batch) for t in entry.runtime.outputs],
+            "instance_group": [{"count": 1, "kind": _instance_kind(entry.runtime)}],
+            "parameters": {
+                key: {"string_value": str(value)}
+                for key, value in self._parameters(entry).items()
+                if isinstance(value, (str, int, float, bool))
+            },
+        }
+        if entry.batching:
+            batching = self.config.batching
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": int(batching.max_queue_delay_ms * 1000),
+                "preferred_batch_size": [],
+                "default_queue_policy": {"max_queue_size": batching.max_queue_size},
+            }
+        return config
+
+    def model_entry(self, name: str, version: str | None = None) -> ModelVersion:
+        """The loaded version (manifest, signature): for front ends that adapt requests."""
+        return self.repository.get(name, version)
+
+    def _parameters(self, entry: ModelVersion) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "execution_provider": entry.runtime.provider,
+            "max_batch_size": entry.max_batch_size,
+            "dynamic_batching": entry.batching,
+        }
+        manifest = entry.manifest
+        if manifest is not None:
+            params.update(task=manifest.task, kind=manifest.kind, precision=manifest.precision)
+            if manifest.class_labels is not None:
+                params["class_labels"] = list(manifest.class_labels)
+            # What a remote client needs to build requests from raw rows or images: protocol
+            # parameters are scalars, so these travel as JSON text.
+            if manifest.feature_schema is not None:
+                params["feature_schema"] = manifest.feature_schema.model_dump_json()
+            if manifest.kind == "image":
+                params["preprocessing"] = json.dumps(manifest.preprocessing)
+        return params
+
+    # -- repository ------------------------------------------------------------------------
+
+    def repository_index(self) -> list[dict]:
+        return self.repository.index()
+
+    async def load_model(self, name: str) -> None:
+        await self.repository.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.repository.unload(name)
+
+    # -- inference -------------------------------------------------------------------------
+
+    async def infer(
+        self, name: str, version: str | None, request: InferRequest, protocol: str
+    ) -> InferResponse:
+        self._enter()
+        try:
+            try:
+                entry = self._lookup(name, version)
+            except InferenceError as exc:
+                known = name in self.repository.names()
+                label = name if known else UNKNOWN_MODEL
+                with self.metrics.track_request(label, version or "", protocol) as tracking:
+                    tracking.status = status_label(exc)
+                    raise
+            with self.metrics.track_request(name, str(entry.version), protocol) as tracking:
+                try:
+                    return await self._infer(entry, request)
+                except InferenceError as exc:
+                    tracking.status = status_label(exc)
+                    raise
+                except Exception as exc:  # a bug here must still be an answer, not a crash
+                    log.exception("inference failed unexpectedly", model=name)
+                    raise InferenceError(f"internal error: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._leave()
+
+    def _lookup(self, name: str, version: str | None) -> ModelVersion:
+        if self._stopping:
+            raise ModelUnavailable("the server is shutting down")
+        return self.repository.get(name, version)
+
+    async def _infer(self, entry: ModelVersion, request: InferRequest) -> InferResponse:
+        runtime = entry.runtime
+        feeds = validate_inputs(request, runtime.inputs, entry.max_batch_size)
+        names = validate_outputs([o.name for o in request.outputs], runtime.outputs)
+        results = await entry.runner.submit(feeds, names)
+        outputs = [_output_tensor(name, results[name]) for name in names]
+        return InferResponse(
+            model_name=entry.name,
+            model_version=str(entry.version),
+            outputs=outputs,
+            id=request.id,
+        )
+
+    def _enter(self) -> None:
+        self._in_flight += 1
+        if self._idle is not None:
+            self._idle.clear()
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    def _make_runner(
+        self, name: str, version: int, runtime: ModelRuntime, max_batch_size: int
+    ) -> DynamicBatcher | DirectRunner:
+        label = str(version)
+
+        def observe(size: int, compute: float, waits: list[float]) -> None:
+            self.metrics.observe_batch(
+                name,
+                label,
+                runtime.provider,
+                size=size,
+                compute_seconds=compute,
+                queue_seconds=waits,
+            )
+
+        if self.config.batching.enabled and max_batch_size > 0:
+            return DynamicBatcher(runtime.run, self._executor, self.config.batching, observe)
+        return DirectRunner(runtime.run, self._executor, observe)
+
+    async def _poll(self) -> None:
+        assert self.config.poll_seconds
+        while True:
+            await asyncio.sleep(self.config.poll_seconds)
+            started = time.perf_counter()
+            try:
+                await self.repository.sync()
+            except Exception:  # a bad scan must not stop polling for good
+                log.exception("repository poll failed")
+            log.debug("repository polled", seconds=round(time.perf_counter() - started, 4))
+
+
+def _copy(tensors: list[TensorMetadata]) -> list[TensorMetadata]:
+    return [TensorMetadata(t.name, t.datatype, list(t.shape)) for t in tensors]
+
+
+def _triton_tensor(tensor: TensorMetadata, max_batch_size: int) -> dict:
+    # Triton leaves the batch axis out of dims when the model batches (max_batch_size > 0).
+    dims = tensor.shape[1:] if max_batch_size > 0 else tensor.shape
+    data_type = _TRITON_TYPES.get(tensor.datatype, f"TYPE_{tensor.datatype}")
+    return {"name": tensor.name, "data_type": data_type, "dims": list(dims)}
+
+
+def _instance_kind(runtime: ModelRuntime) -> str:
+    return "KIND_CPU" if runtime.provider == "CPUExecutionProvider" else "KIND_GPU"
+
+
+def _output_tensor(name: str, array: np.ndarray) -> Tensor:
+    array = np.asarray(array)
+    if array.dtype == object or array.dtype.kind in "SU":
+        # onnxruntime returns str for string tensors; the protocol carries bytes.
+        flat = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.flat]
+        data = np.empty(len(flat), dtype=object)
+        data[:] = flat
+        array = data.reshape(array.shape)
+    return Tensor(name, from_numpy_dtype(array.dtype), list(array.shape), array)

@@ -1,0 +1,213 @@
+"""`mlp predict`: send rows (CSV or JSON) or an image to a running server, over REST or gRPC.
+
+REST uses the people-facing endpoints (``/v1/models/{m}/predict`` and ``.../predict/image``).
+gRPC speaks the Open Inference Protocol: the client reads the model's feature schema (or image
+preprocessing) from its metadata, builds the ``numeric``/``categorical`` (or ``image``) tensors
+itself and labels the outputs with the class labels the metadata lists. Both print one JSON
+document: ``{"predictions": [...]}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlp_core.cli import Command
+from mlp_core.errors import ServingError
+
+SERVICE = "/inference.GRPCInferenceService/"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model name in the server's repository")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", type=Path, help="a CSV file of raw feature rows (with a header)")
+    source.add_argument("--json", help='JSON rows: a file, or inline text [{"col": value}, ...]')
+    source.add_argument("--image", type=Path, help="a JPEG or PNG for an image model")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", default=None, help="REST base URL (default http://127.0.0.1:8000)")
+    where.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC at this address instead")
+    parser.add_argument("--version", default=None, help="model version (default: the newest)")
+    parser.add_argument("--token", default=None, help="bearer token, if the server wants one")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+
+
+def run(args: argparse.Namespace) -> int:
+    predictions = _grpc_predict(args) if args.grpc else _rest_predict(args)
+    print(json.dumps({"predictions": predictions}, indent=2))
+    return 0
+
+
+# -- inputs ------------------------------------------------------------------------------
+
+
+def read_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.csv is not None:
+        with open(args.csv, newline="", encoding="utf-8") as handle:
+            return [dict(row) for row in csv.DictReader(handle)]
+    text = args.json
+    path = Path(text)
+    if not text.lstrip().startswith(("[", "{")) and path.exists():
+        text = path.read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ServingError(f"--json: not valid JSON ({exc})") from None
+    rows = rows.get("rows", rows) if isinstance(rows, dict) else rows
+    if not isinstance(rows, list):
+        raise ServingError('--json: expected a list of rows [{"column": value}, ...]')
+    return rows
+
+
+def typed_rows(rows: list[dict[str, Any]], numeric: list[str]) -> list[dict[str, Any]]:
+    """CSV cells are text: numbers become floats, empty cells missing values."""
+    typed = []
+    for index, row in enumerate(rows, start=1):
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            if value in ("", None, "NA", "NaN"):
+                continue
+            if key in numeric and isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise ServingError(
+                        f"row {index}, column {key!r}: expected a number, got {value!r}"
+                    ) from None
+            out[key] = value
+        typed.append(out)
+    return typed
+
+
+# -- REST --------------------------------------------------------------------------------
+
+
+def _rest_predict(args: argparse.Namespace) -> list[dict]:
+    import httpx
+
+    base = (args.url or "http://127.0.0.1:8000").rstrip("/")
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    params = {"version": args.version} if args.version else {}
+    with httpx.Client(base_url=base, headers=headers, timeout=args.timeout) as client:
+        if args.image is not None:
+            content_type = "image/png" if args.image.suffix.lower() == ".png" else "image/jpeg"
+            files = {"file": (args.image.name, args.image.read_bytes(), content_type)}
+            reply = client.post(
+                f"/v1/models/{args.model}/predict/image", files=files, params=params
+            )
+        else:
+            rows = read_rows(args)
+            if args.csv is not None:
+                rows = typed_rows(rows, _rest_numeric_columns(client, args.model, params))
+            reply = client.post(
+                f"/v1/models/{args.model}/predict", json={"rows": rows}, params=params
+            )
+    if reply.status_code != 200:
+        raise ServingError(f"{base} answered {reply.status_code}: {_error_text(reply)}")
+    return reply.json()["predictions"]
+
+
+def _rest_numeric_columns(client: Any, model: str, params: dict) -> list[str]:
+    path = f"/v2/models/{model}" + (f"/versions/{params['version']}" if params else "")
+    reply = client.get(path)
+    if reply.status_code != 200:
+        raise ServingError(f"model {model!r}: {_error_text(reply)}")
+    schema = reply.json().get("parameters", {}).get("feature_schema")
+    return json.loads(schema)["numeric"] if schema else []
+
+
+def _error_text(reply: Any) -> str:
+    try:
+        return reply.json().get("error") or reply.text
+    except ValueError:
+        return reply.text
+
+
+# -- gRPC --------------------------------------------------------------------------------
+
+
+def _grpc_predict(args: argparse.Namespace) -> list[dict]:
+    import grpc
+
+    from mlp_serve._generated import mlp_inference_pb2 as pb
+    from mlp_serve.bundle import FeatureSchema
+    from mlp_serve.grpc_codec import decode_infer_response, encode_infer_request
+    from mlp_serve.tabular import format_predictions, predictions_outputs, rows_request
+
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
+    with grpc.insecure_channel(args.grpc) as channel:
+
+        def call(method: str, request: Any, reply_class: Any) -> Any:
+            stub = channel.unary_unary(
+                SERVICE + method,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=reply_class.FromString,
+            )
+            try:
+                return stub(request, metadata=metadata, timeout=args.timeout)
+            except grpc.RpcError as exc:
+                raise ServingError(f"{args.grpc}: {exc.code().name}: {exc.details()}") from None
+
+        meta = call(
+            "ModelMetadata",
+            pb.ModelMetadataRequest(name=args.model, version=args.version or ""),
+            pb.ModelMetadataResponse,
+        )
+        params = {key: _parameter(value) for key, value in meta.parameters.items()}
+        input_names = [tensor.name for tensor in meta.inputs]
+        output_names = [tensor.name for tensor in meta.outputs]
+        if args.image is not None:
+            request = _image_request(args.image, params)
+        else:
+            if "feature_schema" not in params:
+                raise ServingError(f"model {args.model!r} lists no feature schema: not tabular")
+            schema = FeatureSchema.model_validate_json(params["feature_schema"])
+            rows = typed_rows(read_rows(args), schema.numeric)
+            request = rows_request(schema, rows, input_names)
+        request.outputs = predictions_outputs(output_names)
+        message = encode_infer_request(args.model, request, args.version or "")
+        reply = call("ModelInfer", message, pb.ModelInferResponse)
+    labels = params.get("class_labels")
+    manifest = _Labels(json.loads(labels) if isinstance(labels, str) else labels)
+    return format_predictions(decode_infer_response(reply), manifest)  # type: ignore[arg-type]
+
+
+class _Labels:
+    """The part of a manifest ``format_predictions`` reads, rebuilt from model metadata."""
+
+    def __init__(self, class_labels: list[str] | None) -> None:
+        self.class_labels = class_labels
+
+
+def _parameter(value: Any) -> Any:
+    kind = value.WhichOneof("parameter_choice")
+    return getattr(value, kind) if kind else None
+
+
+def _image_request(path: Path, params: dict[str, Any]) -> Any:
+    import numpy as np
+
+    from mlp_serve.image_preprocess import check_spec, decode_image, preprocess
+    from mlp_serve.types import InferRequest, Tensor
+
+    if "preprocessing" not in params:
+        raise ServingError("this model lists no image preprocessing: not an image model")
+    spec = check_spec(json.loads(params["preprocessing"]))
+    pixels = preprocess(spec, decode_image(path.read_bytes(), str(path)))[np.newaxis]
+    return InferRequest(inputs=[Tensor("image", "FP32", list(pixels.shape), pixels)])
+
+
+predict_command = Command(
+    help="send rows (CSV/JSON) or an image to a running server over REST or gRPC",
+    configure=configure,
+    run=run,
+)
+
+if __name__ == "__main__":  # pragma: no cover
+    parser = argparse.ArgumentParser(prog="mlp predict")
+    configure(parser)
+    sys.exit(run(parser.parse_args()))

@@ -1,0 +1,129 @@
+"""Endpoints for people rather than inference clients: JSON rows and image uploads.
+
+``POST /v1/models/{m}/predict`` takes raw tabular features by column name; ``POST
+/v1/models/{m}/predict/image`` takes JPEG or PNG uploads (form field ``file``, repeatable for a
+batch). Both go through the same core as the v2 protocol (validation, batching, metrics) and
+answer ``{"predictions": [...]}`` with the bundle's class labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from mlp_serve.core import InferenceCore
+from mlp_serve.errors import InvalidInput
+from mlp_serve.image_preprocess import check_spec, decode_image, preprocess
+from mlp_serve.rest_codec import parse_json
+from mlp_serve.tabular import format_predictions, predictions_outputs, rows_request
+from mlp_serve.types import InferRequest, Tensor
+
+PROTOCOL = "rest"
+IMAGE_INPUT = "image"
+FILE_FIELD = "file"
+
+
+class Rows(BaseModel):
+    """Documents the body of /predict (it is parsed by hand, so errors name row and column)."""
+
+    rows: list[dict[str, Any]] = Field(
+        ..., examples=[[{"bill_length_mm": 39.1, "island": "Torgersen", "sex": None}]]
+    )
+
+
+class Predictions(BaseModel):
+    predictions: list[dict[str, Any]] = Field(
+        ...,
+        examples=[[{"label": "Adelie", "probabilities": {"Adelie": 0.9, "Gentoo": 0.1}}]],
+    )
+
+
+def v1_router(core: InferenceCore, auth: Any) -> APIRouter:
+    router = APIRouter(tags=["predict"], dependencies=[auth])
+
+    @router.post(
+        "/v1/models/{model}/predict",
+        summary="Predict from rows of raw tabular features",
+        response_model=Predictions,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": Rows.model_json_schema()}},
+            }
+        },
+    )
+    async def predict(request: Request, model: str, version: str | None = None) -> dict:
+        entry = core.model_entry(model, version)
+        manifest = entry.manifest
+        if manifest is None or manifest.feature_schema is None:
+            raise InvalidInput(
+                f"model {model!r} has no feature schema in its manifest, so it takes no rows",
+                hint=f"Send tensors to /v2/models/{model}/infer instead.",
+            )
+        document = parse_json(await request.body())
+        input_names = [t.name for t in entry.runtime.inputs]
+        output_names = [t.name for t in entry.runtime.outputs]
+        infer_request = rows_request(manifest.feature_schema, document.get("rows"), input_names)
+        infer_request.outputs = predictions_outputs(output_names)
+        response = await core.infer(model, str(entry.version), infer_request, PROTOCOL)
+        return {"predictions": format_predictions(response, manifest)}
+
+    @router.post(
+        "/v1/models/{model}/predict/image",
+        summary="Predict from uploaded JPEG or PNG images (form field 'file', repeatable)",
+        response_model=Predictions,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": [FILE_FIELD],
+                            "properties": {
+                                FILE_FIELD: {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                }
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def predict_image(request: Request, model: str, version: str | None = None) -> dict:
+        entry = core.model_entry(model, version)
+        manifest = entry.manifest
+        if manifest is None or manifest.kind != "image" or not manifest.preprocessing:
+            raise InvalidInput(
+                f"model {model!r} is not an image bundle with a preprocessing spec",
+                hint=f"Send tensors to /v2/models/{model}/infer instead.",
+            )
+        spec = check_spec(manifest.preprocessing)
+        try:
+            form = await request.form()
+        except InvalidInput:
+            raise
+        except Exception as exc:  # starlette's multipart errors
+            raise InvalidInput(f"expected a multipart/form-data upload: {exc}") from None
+        # A file part comes as an upload object, a plain field as str.
+        uploads = [f for f in form.getlist(FILE_FIELD) if not isinstance(f, str)]
+        if not uploads:
+            raise InvalidInput(f"upload the image as the multipart form field {FILE_FIELD!r}")
+        images = []
+        for upload in uploads:
+            data = await upload.read()
+            images.append(preprocess(spec, decode_image(data, f"upload {upload.filename!r}")))
+        batch = np.stack(images)
+        infer_request = InferRequest(
+            inputs=[Tensor(IMAGE_INPUT, "FP32", list(batch.shape), batch)],
+            outputs=predictions_outputs([t.name for t in entry.runtime.outputs]),
+        )
+        response = await core.infer(model, str(entry.version), infer_request, PROTOCOL)
+        return {"predictions": format_predictions(response, manifest)}
+
+    return router

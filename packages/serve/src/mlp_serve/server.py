@@ -1,0 +1,279 @@
+"""The server process: REST (uvicorn) and gRPC in one asyncio loop, sharing one InferenceCore.
+
+Shutdown (SIGTERM, SIGINT, or :meth:`BackgroundServer.stop`) stops accepting connections, lets
+the requests in flight finish (up to ``drain_seconds``), unloads the models and returns, so the
+process exits 0. ``python -m mlp_serve.server REPO [--http-port ...]`` runs it like ``mlp serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from mlp_obs.log import get_logger
+from mlp_obs.metrics import CollectorRegistry, InferenceMetrics, register_system_metrics
+from mlp_serve.config import ServeConfig
+from mlp_serve.core import InferenceCore
+from mlp_serve.rest import create_app
+
+log = get_logger(__name__)
+
+DRAIN_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class BoundPorts:
+    host: str
+    http_port: int
+    grpc_port: int | None  # None: the gRPC front end is not installed
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str | None:
+        return None if self.grpc_port is None else f"{self.host}:{self.grpc_port}"
+
+    def describe(self) -> str:
+        grpc = f"gRPC on {self.grpc_address}" if self.grpc_port is not None else "gRPC off"
+        return f"mlp serve: REST on {self.http_url}, {grpc}"
+
+
+class _Uvicorn(uvicorn.Server):
+    # This module owns the signals: uvicorn's handlers would re-raise SIGTERM after its own
+    # shutdown, killing the process before the gRPC side and the core have drained.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+async def serve_async(
+    repository: str | os.PathLike[str],
+    config: ServeConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[BoundPorts], None] | None = None,
+    drain_seconds: float = DRAIN_SECONDS,
+    handle_signals: bool = True,
+) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``handle_signals``), then drain."""
+    stop = stop or asyncio.Event()
+    registry = CollectorRegistry()
+    register_system_metrics(registry)
+    core = InferenceCore(repository, config, InferenceMetrics(registry))
+    rest: _Uvicorn | None = None
+    rest_task: asyncio.Task | None = None
+    grpc_server: Any = None
+    try:
+        await core.start()
+        sock = _bind(config.host, config.http_port)
+        rest = _Uvicorn(
+            uvicorn.Config(
+                create_app(core, config, registry),
+                log_config=None,  # mlp_obs owns logging; uvicorn's records go through it
+                access_log=False,  # RequestContext logs each request with its id
+                lifespan="off",
+                timeout_graceful_shutdown=int(drain_seconds),
+                server_header=False,
+            )
+        )
+        grpc_server = await _start_grpc(core, config)
+        rest_task = asyncio.get_running_loop().create_task(rest.serve(sockets=[sock]))
+        while not rest.started:
+            if rest_task.done():
+                await rest_task  # startup failed: surface why
+                raise RuntimeError("the REST server stopped during startup")
+            await asyncio.sleep(0.01)
+        ports = BoundPorts(
+            config.host, sock.getsockname()[1], getattr(grpc_server, "mlp_port", None)
+        )
+        print(ports.describe(), flush=True)
+        log.info("serving", rest=ports.http_url, grpc=ports.grpc_address)
+        if on_ready is not None:
+            on_ready(ports)
+        with _signals(stop, handle_signals):
+            stopped = asyncio.get_running_loop().create_task(stop.wait())
+            await asyncio.wait({stopped, rest_task}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+    finally:
+        # Stop accepting on both front ends, let requests in flight finish, then unload.
+        log.info("shutting down: finishing requests in flight", requests=core.in_flight)
+        if rest is not None:
+            rest.should_exit = True
+        await asyncio.gather(
+            _wait(rest_task),
+            _stop_grpc(grpc_server, drain_seconds),
+            core.stop(drain_seconds),
+        )
+        log.info("server stopped")
+
+
+def serve(
+    repository: str | os.PathLike[str], config: ServeConfig, drain_seconds: float = DRAIN_SECONDS
+) -> int:
+    """Run the server in this process until SIGTERM or SIGINT; returns the exit status."""
+    asyncio.run(serve_async(repository, config, drain_seconds=drain_seconds))
+    return 0
+
+
+class BackgroundServer:
+    """The server in a thread of this process (tests, notebooks): a context manager.
+
+    ``with BackgroundServer(repo, config) as server: server.ports.http_url``
+    """
+
+    def __init__(
+        self,
+        repository: str | os.PathLike[str],
+        config: ServeConfig,
+        drain_seconds: float = 5.0,
+        timeout: float = 60.0,
+    ) -> None:
+        self.repository = Path(repository)
+        self.config = config
+        self.drain_seconds = drain_seconds
+        self.timeout = timeout
+        self.ports: BoundPorts | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mlp-serve", daemon=True)
+
+    @property
+    def http_url(self) -> str:
+        assert self.ports is not None
+        return self.ports.http_url
+
+    def start(self) -> BackgroundServer:
+        self._thread.start()
+        if not self._ready.wait(self.timeout) or self.ports is None:
+            raise RuntimeError(f"the server did not start: {self._error!r}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(self.timeout)
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            await serve_async(
+                self.repository,
+                self.config,
+                stop=self._stop,
+                on_ready=self._on_ready,
+                drain_seconds=self.drain_seconds,
+                handle_signals=False,
+            )
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self._ready.set()
+
+    def _on_ready(self, ports: BoundPorts) -> None:
+        self.ports = ports
+        self._ready.set()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        from mlp_core.errors import ServingError
+
+        raise ServingError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            hint="Pick another --http-port (0 picks a free one) or stop what uses it.",
+        ) from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def _start_grpc(core: InferenceCore, config: ServeConfig) -> Any:
+    try:
+        from mlp_serve.grpc_server import create_grpc_server
+    except ImportError as exc:
+        log.warning("gRPC front end unavailable: serving REST only", reason=str(exc))
+        return None
+    server = create_grpc_server(core, config)
+    await server.start()
+    return server
+
+
+async def _stop_grpc(server: Any, grace: float) -> None:
+    if server is None:
+        return
+    try:
+        from mlp_serve.grpc_server import stop_grpc_server
+    except ImportError:
+        await server.stop(grace)
+        return
+    await stop_grpc_server(server, grace)
+
+
+async def _wait(task: asyncio.Task | None) -> None:
+    if task is None:
+        return
+    try:
+        await task
+    except Exception:
+        log.exception("the REST server failed")
+
+
+@contextlib.contextmanager
+def _signals(stop: asyncio.Event, enabled: bool) -> Any:
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    handled = (signal.SIGTERM, signal.SIGINT)
+    for sig in handled:
+        with contextlib.suppress(NotImplementedError):  # Windows' loops lack signal handlers
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in handled:
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlp_serve.server REPO ...``: the same arguments as ``mlp serve``."""
+    from mlp_serve.cli import build_parser, run
+
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

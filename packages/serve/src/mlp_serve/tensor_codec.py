@@ -1,0 +1,78 @@
+"""Raw tensor bytes, as the binary tensor extension (REST) and raw contents (gRPC) carry them.
+
+Fixed-size datatypes are the little-endian elements in row-major order; BYTES elements are each
+a 4-byte little-endian length followed by that many bytes, which is what tritonclient writes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from mlp_serve.datatypes import element_size, to_numpy_dtype
+from mlp_serve.errors import InvalidInput
+
+_LENGTH = struct.Struct("<I")
+
+
+def array_from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+    """The tensor ``name`` decoded from ``raw``; a size that does not fit the shape is refused."""
+    count = math.prod(shape)
+    size = element_size(datatype)
+    if size is None:
+        return _strings_from_raw(name, shape, count, raw)
+    if len(raw) != count * size:
+        raise InvalidInput(
+            f"input {name!r}: {len(raw)} bytes of data, but {datatype} {shape} needs "
+            f"{count * size} ({count} elements of {size} bytes)"
+        )
+    return np.frombuffer(raw, dtype=to_numpy_dtype(datatype).newbyteorder("<")).reshape(shape)
+
+
+def _strings_from_raw(name: str, shape: list[int], count: int, raw: bytes) -> np.ndarray:
+    values = []
+    offset = 0
+    view = memoryview(raw)
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidInput(f"input {name!r}: BYTES data ends inside a 4-byte length prefix")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidInput(
+                f"input {name!r}: BYTES element {len(values)} claims {length} bytes but only "
+                f"{len(raw) - offset} remain"
+            )
+        values.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(values) != count:
+        raise InvalidInput(
+            f"input {name!r}: {len(values)} BYTES elements given for shape {shape}, "
+            f"which holds {count}"
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = values
+    return array.reshape(shape)
+
+
+def array_to_raw(array: np.ndarray, datatype: str) -> bytes:
+    """``array`` as raw bytes in the layout :func:`array_from_raw` reads."""
+    if datatype != "BYTES":
+        dtype = to_numpy_dtype(datatype).newbyteorder("<")
+        return np.ascontiguousarray(array, dtype=dtype).tobytes()
+    parts = []
+    for value in np.asarray(array, dtype=object).flat:
+        data = as_bytes(value)
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return str(value).encode("utf-8")

@@ -1,0 +1,96 @@
+"""Dynamic batching through the real server: merging, splitting, a bounded queue, switched off."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+from conftest import B, W, cpu_config, linear_model, slow_model, write_bundle
+from prometheus_client.parser import text_string_to_metric_families
+
+from mlp_serve.config import BatchingConfig
+from mlp_serve.server import BackgroundServer
+
+
+def post(url: str, model: str, x: np.ndarray) -> httpx.Response:
+    body = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
+        ]
+    }
+    return httpx.post(f"{url}/v2/models/{model}/infer", content=json.dumps(body), timeout=60)
+
+
+def output(response: httpx.Response) -> np.ndarray:
+    tensor = response.json()["outputs"][0]
+    return np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])
+
+
+def batch_sizes(url: str, model: str) -> tuple[float, float]:
+    """(executions, rows) the server recorded for ``model``."""
+    count = total = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.labels.get("model") != model:
+                continue
+            if sample.name == "mlp_inference_batch_size_count":
+                count += sample.value
+            elif sample.name == "mlp_inference_batch_size_sum":
+                total += sample.value
+    return count, total
+
+
+def test_concurrent_requests_are_merged_and_split_back_in_order(repo):
+    # A model of variable width, slow enough that requests pile up behind the running batch.
+    write_bundle(repo, "slow", 1, slow_model(steps=40, width=None), manifest=False)
+    config = cpu_config(batching=BatchingConfig(max_queue_delay_ms=5))
+    with BackgroundServer(repo, config) as server:
+        # Different row counts, and two widths that must never share a batch.
+        inputs = [np.full((1 + i % 3, 4 if i % 2 else 6), i, dtype=np.float32) for i in range(12)]
+        with ThreadPoolExecutor(len(inputs)) as pool:
+            responses = list(pool.map(lambda x: post(server.http_url, "slow", x), inputs))
+        for x, response in zip(inputs, responses):
+            assert response.status_code == 200, response.text
+            np.testing.assert_array_equal(output(response), x)  # its own rows, in order
+        executions, rows = batch_sizes(server.http_url, "slow")
+        assert rows == sum(len(x) for x in inputs)  # every row ran exactly once
+        assert executions < len(inputs)  # some requests shared a run
+
+
+def test_full_queue_answers_503_with_retry_after(repo):
+    write_bundle(repo, "slow", 1, slow_model(steps=60), manifest=False)
+    config = cpu_config(batching=BatchingConfig(max_batch_size=1, max_queue_size=1))
+    with BackgroundServer(repo, config) as server:
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        with ThreadPoolExecutor(10) as pool:
+            responses = list(pool.map(lambda _: post(server.http_url, "slow", x), range(10)))
+        statuses = [r.status_code for r in responses]
+        assert 503 in statuses
+        assert set(statuses) <= {200, 503}
+        for response in responses:
+            if response.status_code == 503:
+                assert response.headers["retry-after"] == "1"
+                assert "queue is full" in response.json()["error"]
+            else:
+                np.testing.assert_array_equal(output(response), x)
+        metrics = httpx.get(f"{server.http_url}/metrics").text
+        assert 'status="queue_full"' in metrics
+        assert post(server.http_url, "slow", x).status_code == 200  # and it recovers
+
+
+def test_batching_off_runs_each_request_alone(repo):
+    write_bundle(repo, "linear", 1, linear_model())
+    config = cpu_config(batching=BatchingConfig(enabled=False))
+    with BackgroundServer(repo, config) as server:
+        inputs = [np.full((2, 4), i, dtype=np.float32) for i in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda x: post(server.http_url, "linear", x), inputs))
+        for x, response in zip(inputs, responses):
+            assert response.status_code == 200, response.text
+            np.testing.assert_allclose(output(response), x @ W + B, rtol=1e-5)
+        assert batch_sizes(server.http_url, "linear") == (8, 16)
+        config_doc = httpx.get(f"{server.http_url}/v2/models/linear/config").json()
+        assert "dynamic_batching" not in config_doc
+        assert config_doc["max_batch_size"] == 64  # still the request limit

@@ -1,0 +1,131 @@
+"""The server as a process: startup line, SIGTERM drains requests in flight and exits 0."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from conftest import slow_model, write_bundle
+
+from mlp_core.errors import ConfigError
+from mlp_serve.config import load_serve_config
+
+STARTUP = re.compile(r"mlp serve: REST on (http://\S+), gRPC on (\S+)")
+
+
+def start(repo, *extra: str) -> tuple[subprocess.Popen, str, str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlp_serve.server",
+            str(repo),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--set",
+            "poll_seconds=null",
+            "--set",
+            "providers=[CPUExecutionProvider]",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        match = STARTUP.search(line)
+        if match:
+            return process, match.group(1), match.group(2)
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise AssertionError("the server printed no startup line")
+
+
+def in_flight(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    values = re.findall(r"^mlp_inference_in_flight_requests\{[^}]*\} (\S+)$", text, re.M)
+    return sum(float(v) for v in values)
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits_0(repo):
+    write_bundle(repo, "slow", 1, slow_model(steps=200), manifest=False)
+    process, url, grpc_address = start(repo)
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        assert port > 0 and int(grpc_address.rsplit(":", 1)[1]) > 0
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        body = {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": x.ravel().tolist()}
+            ]
+        }
+        result = {}
+
+        def slow_request() -> None:
+            result["response"] = httpx.post(
+                f"{url}/v2/models/slow/infer", content=json.dumps(body), timeout=60
+            )
+
+        thread = threading.Thread(target=slow_request)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while in_flight(url) < 1:
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        thread.join(60)
+        response = result["response"]
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["data"] == x.ravel().tolist()
+        assert process.wait(60) == 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/v2/health/live", timeout=2)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_cli_refuses_a_missing_repository(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "-m", "mlp_serve.server", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode != 0
+    assert "is not a folder" in process.stderr
+
+
+def test_serve_config_from_a_section_a_bare_file_and_overrides(tmp_path):
+    sectioned = tmp_path / "config.yaml"
+    sectioned.write_text(
+        "model: {name: x}\nserve:\n  http_port: 9000\n  batching: {max_batch_size: 8}\n"
+    )
+    config = load_serve_config(sectioned, ["grpc_port=0", "serve.auth_token=abc"])
+    assert (config.http_port, config.grpc_port, config.auth_token) == (9000, 0, "abc")
+    assert config.batching.max_batch_size == 8
+    bare = tmp_path / "serve.yaml"
+    bare.write_text("models: [a, b]\npoll_seconds: null\n")
+    config = load_serve_config(bare)
+    assert config.models == ["a", "b"] and config.poll_seconds is None
+    assert load_serve_config(None).providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    bare.write_text("batching: {max_batch: 8}\n")
+    with pytest.raises(ConfigError) as info:
+        load_serve_config(bare)
+    assert "serve.batching.max_batch" in info.value.message
+    assert str(bare) in info.value.message
+    with pytest.raises(ConfigError):
+        load_serve_config(tmp_path / "missing.yaml")
