@@ -32,6 +32,7 @@ DEFAULT_LEVEL = logging.INFO
 # Libraries that give their loggers a handler of their own and stop propagation, so their lines
 # would bypass mlp's handlers; their levels (e.g. mlflow quietening alembic) are kept.
 LIBRARY_LOGGERS = ("mlflow", "alembic", "sqlalchemy.engine", "huey", "ultralytics")
+_QUIET_AT_INFO = ("alembic.runtime.migration", "mlflow.store.db.utils")
 # MLflow configures its loggers on import unless told not to.
 _MLFLOW_CONFIGURE_LOGGING = "MLFLOW_CONFIGURE_LOGGING"
 
@@ -105,6 +106,11 @@ def route_library_loggers(names: tuple[str, ...] = LIBRARY_LOGGERS) -> None:
         # A library may keep itself quieter than the rest (alembic at WARNING), never louder.
         if logger.level < root_level:
             logger.setLevel(logging.NOTSET)
+    # Schema migrations of a new MLflow store are one-time chatter at INFO; keep their warnings.
+    for name in _QUIET_AT_INFO:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET and root_level >= logging.INFO:
+            logger.setLevel(logging.WARNING)
 
 
 def resolve_level(level: str | int | None = None) -> int:

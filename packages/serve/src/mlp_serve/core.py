@@ -188,10 +188,10 @@ class InferenceCore:
             "input": [_triton_tensor(t, batch) for t in entry.runtime.inputs],
             "output": [_triton_tensor(t, batch) for t in entry.runtime.outputs],
             "instance_group": [{"count": 1, "kind": _instance_kind(entry.runtime)}],
+            # Config parameters are strings: lists and mappings travel as JSON text.
             "parameters": {
-                key: {"string_value": str(value)}
+                key: {"string_value": value if isinstance(value, str) else json.dumps(value)}
                 for key, value in self._parameters(entry).items()
-                if isinstance(value, (str, int, float, bool))
             },
         }
         if entry.batching:

@@ -34,6 +34,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", default=None, help="model version (default: the newest)")
     parser.add_argument("--token", default=None, help="bearer token, if the server wants one")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="rows per request; keep within the model's max_batch_size (default 64)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,15 +69,20 @@ def read_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def typed_rows(rows: list[dict[str, Any]], numeric: list[str]) -> list[dict[str, Any]]:
-    """CSV cells are text: numbers become floats, empty cells missing values."""
+def typed_rows(rows: list[dict[str, Any]], schema: Any) -> list[dict[str, Any]]:
+    """CSV cells are text: numbers become floats, empty cells missing values, and columns the
+    model does not take (the target of a training file, say) are left out, with a note."""
+    known = set(schema.numeric) | set(schema.categorical)
+    ignored = sorted({key for row in rows for key in row} - known)
+    if ignored:
+        print(f"mlp predict: ignoring columns the model does not take: {ignored}", file=sys.stderr)
     typed = []
     for index, row in enumerate(rows, start=1):
         out: dict[str, Any] = {}
         for key, value in row.items():
-            if value in ("", None, "NA", "NaN"):
+            if key not in known or value in ("", None, "NA", "NaN"):
                 continue
-            if key in numeric and isinstance(value, str):
+            if key in schema.numeric and isinstance(value, str):
                 try:
                     value = float(value)
                 except ValueError:
@@ -102,22 +113,39 @@ def _rest_predict(args: argparse.Namespace) -> list[dict]:
         else:
             rows = read_rows(args)
             if args.csv is not None:
-                rows = typed_rows(rows, _rest_numeric_columns(client, args.model, params))
-            reply = client.post(
-                f"/v1/models/{args.model}/predict", json={"rows": rows}, params=params
-            )
-    if reply.status_code != 200:
-        raise ServingError(f"{base} answered {reply.status_code}: {_error_text(reply)}")
+                rows = typed_rows(rows, _rest_feature_schema(client, args.model, params))
+            predictions = []
+            for chunk in _chunks(rows, args.batch_size):
+                reply = client.post(
+                    f"/v1/models/{args.model}/predict", json={"rows": chunk}, params=params
+                )
+                _check(reply, base)
+                predictions += reply.json()["predictions"]
+            return predictions
+    _check(reply, base)
     return reply.json()["predictions"]
 
 
-def _rest_numeric_columns(client: Any, model: str, params: dict) -> list[str]:
+def _check(reply: Any, base: str) -> None:
+    if reply.status_code != 200:
+        raise ServingError(f"{base} answered {reply.status_code}: {_error_text(reply)}")
+
+
+def _chunks(rows: list, size: int) -> list[list]:
+    return [rows[start : start + max(size, 1)] for start in range(0, len(rows), max(size, 1))]
+
+
+def _rest_feature_schema(client: Any, model: str, params: dict) -> Any:
+    from mlp_serve.bundle import FeatureSchema
+
     path = f"/v2/models/{model}" + (f"/versions/{params['version']}" if params else "")
     reply = client.get(path)
     if reply.status_code != 200:
         raise ServingError(f"model {model!r}: {_error_text(reply)}")
     schema = reply.json().get("parameters", {}).get("feature_schema")
-    return json.loads(schema)["numeric"] if schema else []
+    if not schema:
+        raise ServingError(f"model {model!r} lists no feature schema: not a tabular model")
+    return FeatureSchema.model_validate_json(schema)
 
 
 def _error_text(reply: Any) -> str:
@@ -157,23 +185,35 @@ def _grpc_predict(args: argparse.Namespace) -> list[dict]:
             pb.ModelMetadataRequest(name=args.model, version=args.version or ""),
             pb.ModelMetadataResponse,
         )
-        params = {key: _parameter(value) for key, value in meta.parameters.items()}
+        # ModelMetadata carries no parameters in the protocol; the model config does.
+        config = call(
+            "ModelConfig",
+            pb.ModelConfigRequest(name=args.model, version=args.version or ""),
+            pb.ModelConfigResponse,
+        ).config
+        params = {key: value.string_value for key, value in config.parameters.items()}
         input_names = [tensor.name for tensor in meta.inputs]
         output_names = [tensor.name for tensor in meta.outputs]
         if args.image is not None:
-            request = _image_request(args.image, params)
+            requests = [_image_request(args.image, params)]
         else:
             if "feature_schema" not in params:
                 raise ServingError(f"model {args.model!r} lists no feature schema: not tabular")
             schema = FeatureSchema.model_validate_json(params["feature_schema"])
-            rows = typed_rows(read_rows(args), schema.numeric)
-            request = rows_request(schema, rows, input_names)
-        request.outputs = predictions_outputs(output_names)
-        message = encode_infer_request(args.model, request, args.version or "")
-        reply = call("ModelInfer", message, pb.ModelInferResponse)
-    labels = params.get("class_labels")
-    manifest = _Labels(json.loads(labels) if isinstance(labels, str) else labels)
-    return format_predictions(decode_infer_response(reply), manifest)  # type: ignore[arg-type]
+            rows = read_rows(args)
+            rows = typed_rows(rows, schema) if args.csv is not None else rows
+            requests = [
+                rows_request(schema, chunk, input_names) for chunk in _chunks(rows, args.batch_size)
+            ]
+        labels = params.get("class_labels")
+        manifest = _Labels(json.loads(labels) if labels else None)
+        predictions = []
+        for request in requests:
+            request.outputs = predictions_outputs(output_names)
+            message = encode_infer_request(args.model, request, args.version or "")
+            reply = call("ModelInfer", message, pb.ModelInferResponse)
+            predictions += format_predictions(decode_infer_response(reply), manifest)  # type: ignore[arg-type]
+    return predictions
 
 
 class _Labels:
@@ -181,11 +221,6 @@ class _Labels:
 
     def __init__(self, class_labels: list[str] | None) -> None:
         self.class_labels = class_labels
-
-
-def _parameter(value: Any) -> Any:
-    kind = value.WhichOneof("parameter_choice")
-    return getattr(value, kind) if kind else None
 
 
 def _image_request(path: Path, params: dict[str, Any]) -> Any:
