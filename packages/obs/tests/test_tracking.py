@@ -254,3 +254,22 @@ def test_importing_mlp_obs_does_not_import_mlflow() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    first = create_tracker(run_dir, runs_root=tmp_path)
+    run_id = first.start_run("resumable")
+    first.log_metrics({"loss": 1.0}, step=0)
+    first.end_run("KILLED")
+
+    again = create_tracker(run_dir, runs_root=tmp_path)
+    assert again.start_run("resumable", run_id=run_id) == run_id
+    again.log_metrics({"loss": 0.5}, step=1)
+    again.end_run()
+
+    client = MlflowClient(tracking_uri(tmp_path))
+    history = client.get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5)]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1

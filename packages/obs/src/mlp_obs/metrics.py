@@ -175,12 +175,22 @@ class InferenceMetrics:
         )
         self._providers: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
+        # Label children by their label values: ``labels()`` validates and locks on each call,
+        # a cost paid per request on a server's hot path. None of these series is ever removed.
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._counter_children: dict[tuple[str, str, str, str], Any] = {}
+        self._batch_children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
 
     @contextlib.contextmanager
     def track_request(self, model: str, version: str, protocol: str) -> Iterator[RequestTracking]:
         """Count, time and label one request; an exception records status ``error``."""
         tracking = RequestTracking()
-        in_flight = self.in_flight.labels(model, version, protocol)
+        key = (model, version, protocol)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.in_flight.labels(*key), self.request_duration.labels(*key))
+            self._request_children[key] = children
+        in_flight, duration = children
         in_flight.inc()
         start = time.perf_counter()
         try:
@@ -192,10 +202,12 @@ class InferenceMetrics:
                 tracking.status = ERROR
             raise
         finally:
-            self.request_duration.labels(model, version, protocol).observe(
-                time.perf_counter() - start
-            )
-            self.requests.labels(model, version, protocol, tracking.status).inc()
+            duration.observe(time.perf_counter() - start)
+            counter_key = (model, version, protocol, tracking.status)
+            counter = self._counter_children.get(counter_key)
+            if counter is None:
+                counter = self._counter_children[counter_key] = self.requests.labels(*counter_key)
+            counter.inc()
             in_flight.dec()
 
     def observe_batch(
@@ -209,9 +221,18 @@ class InferenceMetrics:
         queue_seconds: Iterable[float] = (),
     ) -> None:
         """Record one model execution and how long each of its requests waited for it."""
-        self.batch_size.labels(model, version).observe(size)
-        self.compute_duration.labels(model, version, provider).observe(compute_seconds)
-        queue = self.queue_duration.labels(model, version)
+        key = (model, version, provider)
+        children = self._batch_children.get(key)
+        if children is None:
+            children = (
+                self.batch_size.labels(model, version),
+                self.compute_duration.labels(*key),
+                self.queue_duration.labels(model, version),
+            )
+            self._batch_children[key] = children
+        batch_size, compute, queue = children
+        batch_size.observe(size)
+        compute.observe(compute_seconds)
         for seconds in queue_seconds:
             queue.observe(seconds)
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from mlp_obs.log import get_logger
 from mlp_serve.config import ServeConfig
 from mlp_serve.datatypes import from_onnx_type, to_numpy_dtype
 from mlp_serve.errors import BundleError
@@ -40,7 +41,29 @@ def select_providers(wanted: Sequence[str]) -> list[str]:
     chosen = [p for p in wanted if p in available]
     if CPU not in chosen:
         chosen.append(CPU)
+    if any(p != CPU for p in chosen):
+        _preload_cuda_libraries()
     return chosen
+
+
+log = get_logger(__name__)
+_preloaded = False
+
+
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that pip installed (``mlp-serve[cuda]``, or torch's).
+
+    onnxruntime-gpu does not search site-packages for them by itself; without this the CUDA
+    provider fails to load and the session silently falls back to the CPU.
+    """
+    global _preloaded
+    if _preloaded or not hasattr(ort, "preload_dlls"):
+        return
+    _preloaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # a machine without the libraries: the CPU fallback is reported
+        log.warning("could not preload the CUDA libraries", reason=str(exc))
 
 
 def session_options(config: ServeConfig) -> ort.SessionOptions:

@@ -8,11 +8,15 @@ writes files, logs and tracks; the others compute and wait at barriers.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+# Ample for gloo's worker thread to drop the last collective's tensors (it takes microseconds).
+_COLLECTIVE_CLEANUP_S = 0.2
 
 
 @dataclass
@@ -75,7 +79,14 @@ class DistributedContext:
 
     def shutdown(self) -> None:
         """Tear the group down once every rank is done (rank 0 finishes last: it evaluates,
-        saves and tracks); a rank destroying its group while a peer still works can hang."""
+        saves and tracks); a rank destroying its group while a peer still works can hang.
+
+        gloo's worker thread frees a finished collective's tensors after the caller has moved
+        on, and needs the GIL for that; freeing the group (here, or when the DDP reducer that
+        holds it is collected) joins that thread while holding the GIL. Right after a
+        collective the two deadlock, so this thread first sleeps, which releases the GIL.
+        """
         if self.enabled and dist.is_initialized():
             dist.barrier()
+            time.sleep(_COLLECTIVE_CLEANUP_S)
             dist.destroy_process_group()

@@ -69,6 +69,7 @@ def train(
         if config_path is None:
             raise ConfigError("mlp train needs a config (a YAML file or a folder) or --resume")
         config = load_config(config_path, overrides, schema=TrainConfig)
+        _absolute_data_path(config)
         if runs_root is not None:
             config.training.run_dir = Path(runs_root)
         run_dir = _new_run_dir(config, dist)
@@ -90,8 +91,10 @@ def train(
         tracker = create_tracker(
             run_dir, runs_root=training.run_dir, backend=training.tracking.backend
         )
-        tracker.start_run(run_dir.name, experiment=training.experiment)
-        tracker.log_params(config.model_dump(mode="json"))
+        previous = _tracked_run_id(run_dir) if resume is not None else None
+        tracker.start_run(run_dir.name, experiment=training.experiment, run_id=previous)
+        if previous is None:  # a resumed run keeps its params (MLflow refuses changed values)
+            tracker.log_params(config.model_dump(mode="json"))
     trainer = Trainer(
         training,
         run_dir=run_dir,
@@ -264,6 +267,24 @@ def _read_run_config(run_dir: Path, overrides=()) -> TrainConfig:
     sources = dict.fromkeys(raw, str(path))
     apply_overrides(raw, overrides, sources)
     return validate_config(raw, schema=TrainConfig, sources=sources)
+
+
+def _absolute_data_path(config: TrainConfig) -> None:
+    # The saved config must work from any directory: `mlp evaluate`, `--resume` and `mlp export`
+    # read it later, from wherever they are run.
+    path = config.data.path
+    if path is not None and not Path(path).is_absolute():
+        config.data.path = Path(path).resolve()
+
+
+def _tracked_run_id(run_dir: Path) -> str | None:
+    """The tracking run of an earlier attempt of this run folder, to continue it."""
+    from mlp_obs.tracking.jsonl_tracker import read_events
+
+    if not (run_dir / "tracking.jsonl").exists():
+        return None
+    starts = [e for e in read_events(run_dir) if e.get("event") == "start_run"]
+    return starts[0].get("run_id") if starts else None
 
 
 def _check_same_preprocessing(run_dir: Path, adapter: DataAdapter) -> None:

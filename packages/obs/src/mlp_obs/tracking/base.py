@@ -35,8 +35,12 @@ class ExperimentTracker(ABC):
         *,
         experiment: str = "default",
         tags: Mapping[str, str] | None = None,
+        run_id: str | None = None,
     ) -> str:
-        """Start a run in ``experiment`` (created when missing) and return its id."""
+        """Start a run in ``experiment`` (created when missing) and return its id.
+
+        ``run_id`` continues an earlier run instead (a resumed training run), so its whole
+        history stays in one place."""
 
     @property
     @abstractmethod

@@ -39,14 +39,14 @@ class CompositeTracker(ExperimentTracker):
         *,
         experiment: str = "default",
         tags: Mapping[str, str] | None = None,
+        run_id: str | None = None,
     ) -> str:
         all_tags = {**self.base_tags, **(tags or {})}
-        remote_id = None
         if self.remote is not None:
-            remote_id = self.remote.start_run(run_name, experiment=experiment, tags=all_tags)
-        return self.record.start_run(
-            run_name, experiment=experiment, tags=all_tags, run_id=remote_id
-        )
+            run_id = self.remote.start_run(
+                run_name, experiment=experiment, tags=all_tags, run_id=run_id
+            )
+        return self.record.start_run(run_name, experiment=experiment, tags=all_tags, run_id=run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.record.log_params(params)

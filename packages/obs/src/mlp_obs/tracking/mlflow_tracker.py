@@ -70,7 +70,14 @@ class MlflowTracker(ExperimentTracker):
         *,
         experiment: str = "default",
         tags: Mapping[str, str] | None = None,
+        run_id: str | None = None,
     ) -> str:
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            for key, value in tag_strings(tags).items():
+                self.client.set_tag(run_id, key, value)
+            self._run_id = run_id
+            return run_id
         run = self.client.create_run(
             self._experiment_id(experiment), run_name=run_name, tags=tag_strings(tags)
         )

@@ -1,0 +1,129 @@
+"""User callbacks the tests name by import path in configs, and shared helpers.
+
+The callbacks are real ``mlp_train`` callbacks loaded the way a user's would be
+(``training.callbacks: [{class: train_helpers.Recorder, args: {...}}]``); subprocesses find this
+module through ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal as signals
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlp_train.callbacks import Callback
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parents[2]
+EXAMPLE = REPO_ROOT / "examples" / "penguins"
+PENGUINS_CSV = REPO_ROOT / "examples" / "data" / "penguins.csv"
+
+# In-process runs: CPU, no MLflow (the tracking tests use it), no progress lines.
+QUIET = [
+    f"data.path={PENGUINS_CSV}",
+    "training.device=cpu",
+    "training.tracking.backend=local",
+    "training.progress=none",
+]
+
+
+class Recorder(Callback):
+    """Appends every hook call (name, epoch, step, lr) to a JSON-lines file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def _write(self, hook: str, trainer: Any, **extra: Any) -> None:
+        lr = float(trainer.optimizer.param_groups[0]["lr"]) if trainer.optimizer else None
+        row = {"hook": hook, "epoch": trainer.epoch, "step": trainer.step, "lr": lr, **extra}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self._write("on_fit_start", trainer)
+
+    def on_train_epoch_start(self, trainer: Any, epoch: int) -> None:
+        self._write("on_train_epoch_start", trainer, at=epoch)
+
+    def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
+        self._write("on_train_step_end", trainer, at=step, loss=loss)
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        self._write("on_epoch_end", trainer, at=epoch, metrics=sorted(metrics))
+
+    def on_fit_end(self, trainer: Any) -> None:
+        self._write("on_fit_end", trainer)
+
+    def on_exception(self, trainer: Any, error: BaseException) -> None:
+        self._write("on_exception", trainer, error=type(error).__name__)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class SignalAtStep(Callback):
+    """Sends ``signal`` to its own process after optimizer step ``step``, once: the marker file
+    it creates keeps the resumed run from being killed again."""
+
+    def __init__(self, step: int, marker: str, signal: str = "SIGKILL") -> None:
+        self.step = step
+        self.marker = Path(marker)
+        self.signal = getattr(signals, signal)
+
+    def on_train_step_end(self, trainer: Any, step: int, loss: float) -> None:
+        if step == self.step and not self.marker.exists():
+            self.marker.write_text(str(step))
+            os.kill(os.getpid(), self.signal)
+
+
+def subprocess_env(pycache: Path | None = None) -> dict[str, str]:
+    """The environment of an ``mlp`` subprocess: this module importable, no outside MLflow
+    server, and compiled bytecode cached across runs (outside the venv) to save start-up time."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), *filter(None, [env.get("PYTHONPATH")])])
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLP_DEBUG", None)
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return env
+
+
+def mlp(
+    *args: str, pycache: Path | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``mlp`` command (the venv's entry point) from the repository root."""
+    command = Path(sys.executable).with_name("mlp")
+    return subprocess.run(
+        [str(command), *args],
+        cwd=REPO_ROOT,
+        env=subprocess_env(pycache),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def model_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a saved model file (RUN/model)."""
+    from mlp_models import read_model_file
+
+    return read_model_file(path).state_dict
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, f"tensors differ: {different}"
