@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import pytest
 from conftest import B, W, cpu_config, linear_model, slow_model, write_bundle
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -42,10 +43,11 @@ def batch_sizes(url: str, model: str) -> tuple[float, float]:
     return count, total
 
 
-def test_concurrent_requests_are_merged_and_split_back_in_order(repo):
+@pytest.mark.parametrize("delay_ms", [0.0, 5.0])  # 0, the default: only what queued meanwhile
+def test_concurrent_requests_are_merged_and_split_back_in_order(repo, delay_ms):
     # A model of variable width, slow enough that requests pile up behind the running batch.
     write_bundle(repo, "slow", 1, slow_model(steps=40, width=None), manifest=False)
-    config = cpu_config(batching=BatchingConfig(max_queue_delay_ms=5))
+    config = cpu_config(batching=BatchingConfig(max_queue_delay_ms=delay_ms))
     with BackgroundServer(repo, config) as server:
         # Different row counts, and two widths that must never share a batch.
         inputs = [np.full((1 + i % 3, 4 if i % 2 else 6), i, dtype=np.float32) for i in range(12)]

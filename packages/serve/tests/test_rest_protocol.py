@@ -23,6 +23,7 @@ from conftest import (
 )
 from tritonclient.utils import InferenceServerException
 
+from mlp_serve.config import BatchingConfig
 from mlp_serve.server import BackgroundServer
 
 LIMIT = 1 << 20  # max_request_bytes of this module's server
@@ -37,7 +38,9 @@ def server(tmp_path_factory):
     write_bundle(repo, "tabular", 1, tabular_model())
     write_bundle(repo, "fragile", 1, fragile_model(), manifest=False)
     write_bundle(repo, "bare", 1, linear_model(W * 2, B), manifest=False)
-    with BackgroundServer(repo, cpu_config(max_request_bytes=LIMIT)) as running:
+    # A queue delay set, so the model config below shows it in Triton's microseconds.
+    config = cpu_config(max_request_bytes=LIMIT, batching=BatchingConfig(max_queue_delay_ms=2.0))
+    with BackgroundServer(repo, config) as running:
         running.repo = repo
         yield running
 

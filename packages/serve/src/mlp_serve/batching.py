@@ -4,7 +4,8 @@ A request joins its model's queue; one worker per model takes the oldest request
 ``max_queue_delay_ms`` for others it can be stacked with (same input datatypes and non-batch
 axes) up to ``max_batch_size`` rows, runs them as one batch in a thread and hands each request
 its own rows back, in order. One batch per model runs at a time, so requests that arrive while
-it runs form the next one. The queue is bounded: a request that finds it full is refused at once
+it runs form the next one. With a delay of 0 (the default, as in Triton) the worker never waits:
+a lone request runs at once, and under load each batch is what queued while the previous ran. The queue is bounded: a request that finds it full is refused at once
 (:class:`QueueFull`, HTTP 503) rather than waiting without bound.
 
 With batching off, :class:`DirectRunner` runs each request on its own, still in a thread, so the

@@ -33,7 +33,12 @@ class BatchingConfig(_Strict):
 
     enabled: bool = True
     max_batch_size: int = Field(64, gt=0, description="rows in one run; also a request's limit")
-    max_queue_delay_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    max_queue_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        description="how long a batch waits to fill; 0 (Triton's default): it takes what queued "
+        "while the previous batch ran, and a lone request runs at once",
+    )
     max_queue_size: int = Field(256, gt=0, description="requests waiting; beyond it: 503")
 
 

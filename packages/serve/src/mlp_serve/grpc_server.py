@@ -10,13 +10,22 @@ and for server reflection, never in the process-wide one.
 Beside it: the standard ``grpc.health.v1.Health`` service (SERVING while the core is ready; a
 model's name as the service asks about that model) and server reflection. Request bodies are
 decoded here rather than by grpc, so malformed bytes are INVALID_ARGUMENT, not INTERNAL.
+
+The server is grpc's synchronous one: calls are answered in a small pool of threads, which hand
+the work that touches the core to the asyncio loop the core lives on
+(``asyncio.run_coroutine_threadsafe``) and wait for it. grpc.aio's own per-call overhead is about
+twice the sync server's on one core, which makes it the bottleneck of a small model's serving.
+Decoding and encoding messages happen in the call's thread; the core, its repository and its
+batchers are only ever touched on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import grpc
@@ -32,7 +41,13 @@ from mlp_serve._generated import mlp_inference_service_descriptor as service_fil
 from mlp_serve._generated import mlp_model_config_pb2 as pb_config
 from mlp_serve.config import ServeConfig
 from mlp_serve.core import UNKNOWN_MODEL, InferenceCore, status_label
-from mlp_serve.errors import InferenceError, InvalidInput, ModelNotFound, Unauthorized
+from mlp_serve.errors import (
+    InferenceError,
+    InvalidInput,
+    ModelNotFound,
+    ModelUnavailable,
+    Unauthorized,
+)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -40,10 +55,13 @@ PROTOCOL = "grpc"
 # Probes answer without a token, as Kubernetes and load balancers call them without one.
 UNAUTHENTICATED_METHODS = frozenset({"ServerLive", "ServerReady"})
 WATCH_POLL_SECONDS = 1.0
+# Threads answering calls. Requests beyond them wait in grpc's queue, not in the batcher, so this
+# bounds how many requests one batch can merge (a client at concurrency 16 needs 16).
+GRPC_WORKERS = 32
 
 log = get_logger(__name__)
 
-Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Handler = Callable[[Any, grpc.ServicerContext], Any]
 
 
 def service_pool() -> descriptor_pool.DescriptorPool:
@@ -59,27 +77,30 @@ def service_pool() -> descriptor_pool.DescriptorPool:
 
 def create_grpc_server(
     core: InferenceCore, config: ServeConfig, *, reflection_enabled: bool = True
-) -> grpc.aio.Server:
-    """A grpc.aio server bound to ``config.host:config.grpc_port``, not yet started.
+) -> GrpcServer:
+    """A gRPC server bound to ``config.host:config.grpc_port``, not yet started.
 
     The port actually bound (``grpc_port`` 0 picks a free one) is ``server.mlp_port``; the
     health servicer is ``server.mlp_health`` (see :func:`stop_grpc_server`). Call from the
-    event loop that will run it.
+    event loop that will run the core: the calls' threads hand their work to it.
     """
+    bridge = LoopBridge(asyncio.get_running_loop())
     limit = config.grpc_max_message_bytes
-    server = grpc.aio.server(
+    executor = concurrent.futures.ThreadPoolExecutor(GRPC_WORKERS, thread_name_prefix="mlp-grpc")
+    server = grpc.server(
+        executor,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             # grpc enables SO_REUSEPORT by default: a second server on a busy port would bind
             # "successfully" and share its traffic. A busy port must be an error instead.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     pool = service_pool()
-    servicer = InferenceServicer(core, config)
+    servicer = InferenceServicer(core, config, bridge)
     server.add_generic_rpc_handlers((servicer.generic_handler(pool),))
-    health = HealthServicer(core)
+    health = HealthServicer(core, bridge)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if reflection_enabled:
         names = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
@@ -94,17 +115,17 @@ def create_grpc_server(
     else:
         reason = "address in use or not available"
     if not port:
+        server.stop(None)
+        executor.shutdown(wait=False)
         raise ServingError(
             f"cannot listen for gRPC on {address}: {reason}",
             hint="Pick another grpc_port (0 picks a free one) or stop what uses it.",
         )
-    server.mlp_port = port  # type: ignore[attr-defined]
-    server.mlp_health = health  # type: ignore[attr-defined]
     log.info("grpc server bound", address=f"{host}:{port}", max_message_bytes=limit)
-    return server
+    return GrpcServer(server, executor, port, health)
 
 
-async def stop_grpc_server(server: grpc.aio.Server, grace: float | None = 5.0) -> None:
+async def stop_grpc_server(server: GrpcServer, grace: float | None = 5.0) -> None:
     """Health NOT_SERVING first (so balancers stop sending), then finish in-flight calls."""
     health = getattr(server, "mlp_health", None)
     if health is not None:
@@ -112,12 +133,79 @@ async def stop_grpc_server(server: grpc.aio.Server, grace: float | None = 5.0) -
     await server.stop(grace)
 
 
+class GrpcServer:
+    """grpc's sync server with awaitable ``start`` and ``stop``, for the serve loop.
+
+    ``stop(grace)`` refuses new calls at once, lets the ones in flight run up to ``grace``
+    seconds (their core work still runs on the loop, which stays free while this waits), then
+    cancels what is left.
+    """
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        executor: concurrent.futures.ThreadPoolExecutor,
+        port: int,
+        health: HealthServicer,
+    ) -> None:
+        self.server = server
+        self.mlp_port = port
+        self.mlp_health = health
+        self._executor = executor
+
+    async def start(self) -> None:
+        self.server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        stopped = self.server.stop(grace)
+        await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
+        self._executor.shutdown(wait=False)
+
+
+class LoopBridge:
+    """Runs work on the core's event loop from a call's thread and waits for its result."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def run(
+        self, coro: Coroutine[Any, Any, Any], context: grpc.ServicerContext | None = None
+    ) -> Any:
+        """``coro``'s result, within the call's deadline. With ``context``, the coroutine is
+        cancelled if the call ends first (the client left, the deadline passed)."""
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop is closed: the server is going away
+            coro.close()
+            raise ModelUnavailable("the server is shutting down") from None
+        timeout = threading.TIMEOUT_MAX
+        if context is not None:
+            context.add_callback(future.cancel)
+            timeout = min(context.time_remaining(), timeout)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def call(
+        self, fn: Callable[..., Any], *args: Any, context: grpc.ServicerContext | None = None
+    ) -> Any:
+        """``fn(*args)``, run on the loop (the core's state is only ever touched there)."""
+        return self.run(_call(fn, args), context)
+
+
+async def _call(fn: Callable[..., Any], args: tuple) -> Any:
+    return fn(*args)
+
+
 class InferenceServicer:
     """The methods of ``inference.GRPCInferenceService`` over an :class:`InferenceCore`."""
 
-    def __init__(self, core: InferenceCore, config: ServeConfig) -> None:
+    def __init__(self, core: InferenceCore, config: ServeConfig, bridge: LoopBridge) -> None:
         self.core = core
         self.auth_token = config.auth_token
+        self.bridge = bridge
 
     def generic_handler(self, pool: descriptor_pool.DescriptorPool) -> grpc.GenericRpcHandler:
         """Handlers for every method the service descriptor declares, under its full name."""
@@ -137,52 +225,59 @@ class InferenceServicer:
 
     def _wrap(
         self, method: str, request_class: type, implementation: Handler
-    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+    ) -> Callable[[bytes, grpc.ServicerContext], Any]:
         needs_token = self.auth_token is not None and method not in UNAUTHENTICATED_METHODS
 
-        async def handle(body: bytes, context: grpc.aio.ServicerContext) -> Any:
+        def handle(body: bytes, context: grpc.ServicerContext) -> Any:
             try:
                 if needs_token:
                     self._authorize(context)
-                request = self._parse(method, request_class, body)
-                return await implementation(request, context)
-            except grpc.aio.AbortError:
-                raise
+                request = self._parse(method, request_class, body, context)
+                return implementation(request, context)
             except InferenceError as exc:
-                code = _status_code(exc.grpc_code)
+                code, details = _status_code(exc.grpc_code), _details(exc)
                 if code is grpc.StatusCode.INTERNAL:
                     log.error("grpc request failed", method=method, error=exc.message)
-                await context.abort(code, _details(exc))
             except ServingError as exc:
                 log.error("grpc request failed", method=method, error=exc.message)
-                await context.abort(grpc.StatusCode.INTERNAL, exc.message)
-            except asyncio.CancelledError:
-                raise
+                code, details = grpc.StatusCode.INTERNAL, exc.message
+            except (concurrent.futures.CancelledError, asyncio.CancelledError):
+                code, details = grpc.StatusCode.CANCELLED, "the call was cancelled"
+            except concurrent.futures.TimeoutError:
+                code, details = grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed"
             except Exception as exc:
                 # A bug, not a bad request: keep the traceback in the log, keep serving.
                 log.exception("grpc request raised", method=method)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-                )
+                code = grpc.StatusCode.INTERNAL
+                details = f"internal error: {type(exc).__name__}: {exc}"
+            # Outside the handlers above: abort raises, and must not be caught as a bug.
+            context.abort(code, details)
 
         handle.__name__ = method
         return handle
 
-    def _parse(self, method: str, request_class: type, body: bytes) -> Any:
+    def _parse(
+        self, method: str, request_class: type, body: bytes, context: grpc.ServicerContext
+    ) -> Any:
         try:
             return grpc_codec.parse_message(request_class, body)
         except InvalidInput as exc:
             if method == "ModelInfer":
-                self._count_rejected("", "", exc)
+                self._count_rejected("", "", exc, context)
             raise
 
-    def _count_rejected(self, model: str, version: str, error: InferenceError) -> None:
+    def _count_rejected(
+        self, model: str, version: str, error: InferenceError, context: grpc.ServicerContext
+    ) -> None:
         """Count a request refused before the core saw it, in the core's metrics."""
+        self.bridge.call(self._count_rejected_on_loop, model, version, error, context=context)
+
+    def _count_rejected_on_loop(self, model: str, version: str, error: InferenceError) -> None:
         label = model if model and model in self.core.repository.names() else UNKNOWN_MODEL
         with self.core.metrics.track_request(label, version, PROTOCOL) as tracking:
             tracking.status = status_label(error)
 
-    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+    def _authorize(self, context: grpc.ServicerContext) -> None:
         header = ""
         for key, value in context.invocation_metadata() or ():
             if key.lower() == "authorization":
@@ -200,38 +295,49 @@ class InferenceServicer:
 
     # --- the methods, one per rpc of the service ----------------------------------------------
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> Any:
-        return pb.ServerLiveResponse(live=self.core.live())
+    def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=self.bridge.call(self.core.live, context=context))
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> Any:
-        return pb.ServerReadyResponse(ready=self.core.ready())
+    def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.bridge.call(self.core.ready, context=context))
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> Any:
-        try:
-            ready = self.core.model_ready(request.name, request.version or None)
-        except ModelNotFound:
-            ready = False
+    def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> Any:
+        ready = self.bridge.call(self._model_ready, request, context=context)
         return pb.ModelReadyResponse(ready=ready)
 
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> Any:
-        return grpc_codec.encode_server_metadata(self.core.server_metadata())
+    def _model_ready(self, request: pb.ModelReadyRequest) -> bool:
+        try:
+            return self.core.model_ready(request.name, request.version or None)
+        except ModelNotFound:
+            return False
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> Any:
-        metadata = self.core.model_metadata(request.name, request.version or None)
+    def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> Any:
+        metadata = self.bridge.call(self.core.server_metadata, context=context)
+        return grpc_codec.encode_server_metadata(metadata)
+
+    def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> Any:
+        metadata = self.bridge.call(
+            self.core.model_metadata, request.name, request.version or None, context=context
+        )
         return grpc_codec.encode_model_metadata(metadata)
 
-    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> Any:
-        config = self.core.model_config(request.name, request.version or None)
+    def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> Any:
+        config = self.bridge.call(
+            self.core.model_config, request.name, request.version or None, context=context
+        )
         return grpc_codec.encode_model_config(config)
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Any:
+    def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Any:
         try:
             decoded = grpc_codec.decode_infer_request(request)
         except InvalidInput as exc:
-            self._count_rejected(request.model_name, request.model_version, exc)
+            self._count_rejected(request.model_name, request.model_version, exc, context)
             raise
-        response = await self.core.infer(
-            request.model_name, request.model_version or None, decoded, protocol=PROTOCOL
+        response = self.bridge.run(
+            self.core.infer(
+                request.model_name, request.model_version or None, decoded, protocol=PROTOCOL
+            ),
+            context,
         )
         return grpc_codec.encode_infer_response(response)
 
@@ -257,12 +363,13 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     the core is ready); any other name is a model, SERVING when its default version is ready.
     """
 
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(self, core: InferenceCore, bridge: LoopBridge) -> None:
         self.core = core
+        self.bridge = bridge
         self.shutting_down = False
 
     def status(self, service: str) -> int | None:
-        """The ServingStatus of ``service``, or None for a name that is neither."""
+        """The ServingStatus of ``service``, or None for a name that is neither (on the loop)."""
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         if self.shutting_down:
@@ -276,24 +383,39 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             return None
         return serving if ready else not_serving
 
-    async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    def _status(self, service: str, context: grpc.ServicerContext | None) -> int | None:
+        if self.shutting_down:  # the loop may be busy stopping: answer without it
+            return health_pb2.HealthCheckResponse.NOT_SERVING
+        try:
+            return self.bridge.call(self.status, service, context=context)
+        except ModelUnavailable:  # the loop is gone
+            return health_pb2.HealthCheckResponse.NOT_SERVING
+
+    def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
-        status = self.status(request.service)
+        status = self._status(request.service, context)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
 
-    async def Watch(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+    def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> Iterator[health_pb2.HealthCheckResponse]:
         # The standard asks for the current status at once, then one message per change.
+        ended = threading.Event()
+        context.add_callback(ended.set)  # the client left or the server stops: free the thread
         last = None
-        while True:
-            status = self.status(request.service)
+        while context.is_active():
+            try:
+                # No context: one cancel callback per poll would pile up on a long stream.
+                status = self._status(request.service, None)
+            except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
+                return
             if status is None:
                 status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status
-            await asyncio.sleep(WATCH_POLL_SECONDS)
+            if ended.wait(WATCH_POLL_SECONDS):
+                return

@@ -78,20 +78,26 @@ def create_app(
 
 
 def _bearer_check(token: str | None, what: str) -> Any:
-    def check(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
-            raise Unauthorized(
-                f"{what} needs the header 'Authorization: Bearer <token>'",
-                hint="Ask the server's operator for the token.",
-            )
+    # Async although it awaits nothing: FastAPI runs a plain `def` dependency in its thread
+    # pool, a thread hop per request (and per router that declares it) for a header compare.
+    async def check(request: Request) -> None:
+        _verify_bearer(request, token, what)
 
     return check
+
+
+def _verify_bearer(request: Request, token: str | None, what: str) -> None:
+    if token is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise Unauthorized(
+            f"{what} needs the header 'Authorization: Bearer <token>'",
+            hint="Ask the server's operator for the token.",
+        )
 
 
 def inference_auth(config: ServeConfig) -> Any:
@@ -99,13 +105,13 @@ def inference_auth(config: ServeConfig) -> Any:
 
 
 def _admin_auth(config: ServeConfig) -> Any:
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         if config.admin_token is None:
             raise Unauthorized(
                 "the repository API is disabled: the server has no admin token",
                 hint="Start the server with serve.admin_token set to enable load and unload.",
             )
-        _bearer_check(config.admin_token, "the repository API")(request)
+        _verify_bearer(request, config.admin_token, "the repository API")
 
     return Depends(check)
 

@@ -8,9 +8,9 @@ upload as soon as it passes the limit, before the whole body is in memory.
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
-import uuid
 from typing import Any
 
 from mlp_obs.log import bind_context, get_logger
@@ -21,6 +21,9 @@ access_log = get_logger("mlp_serve.access")
 REQUEST_ID_HEADER = b"x-request-id"
 # A client's id is echoed into logs and headers: keep it short and printable.
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+# Request ids need to be unique, not secret: a seeded PRNG gives uuid4-sized hex without the
+# getrandom() system call that uuid4 makes per request (slow in sandboxes such as gVisor).
+_ids = random.Random()
 
 
 class RequestContext:
@@ -35,7 +38,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         given = _header(scope, REQUEST_ID_HEADER)
-        request_id = given if given and _VALID_ID.match(given) else uuid.uuid4().hex
+        request_id = given if given and _VALID_ID.match(given) else f"{_ids.getrandbits(128):032x}"
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         start = time.perf_counter()

@@ -1,0 +1,704 @@
+"""Requests/s and p50/p99 latency of `mlp serve` against in-process onnxruntime, a plain FastAPI
+server and KServe's Python model server, over REST and gRPC, with and without dynamic batching.
+
+Two seeded MLPs built here with onnx.helper (about 10k and 1M parameters, FP32 [-1, F] -> [-1, C])
+are written as a bare model repository and served by every server at once, each server a
+subprocess pinned to one core (``--server-core``), all with onnxruntime's intra-op threads at 1.
+The load generator runs in this process, pinned to another core (``--client-core``): a fixed
+number of requests of one row each per cell, after a warm-up, from 1 and from 16 threads, each
+thread with its own keep-alive connection (REST) or all sharing one channel (gRPC). Request bodies
+are encoded once, so the client spends its time on the wire, not in encoding. Cells run in
+rounds, in a rotated order each round, and each number printed is the median over the rounds.
+
+    .venvs/serve/bin/python tools/bench/bench_serve.py            # about 3 minutes on 2 cores
+    .venvs/serve/bin/python tools/bench/bench_serve.py --quick    # about 30 seconds
+    .venvs/serve/bin/python tools/bench/bench_serve.py --provider CUDAExecutionProvider
+
+KServe runs in its own environment, created on first use (``--kserve-venv``, default
+``.venvs/bench-kserve``: ``uv venv`` + ``uv pip install kserve onnxruntime numpy``, or
+onnxruntime-gpu for CUDA); ``--no-kserve`` leaves it out. Not a test: it prints numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from tritonclient.grpc import service_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+SERVE_PYTHON = ROOT / ".venvs" / "serve" / "bin" / "python"
+MLP = ROOT / ".venvs" / "serve" / "bin" / "mlp"
+KSERVE_VENV = ROOT / ".venvs" / "bench-kserve"
+CPU = "CPUExecutionProvider"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    layers: tuple[int, ...]  # features, hidden..., classes
+
+    @property
+    def features(self) -> int:
+        return self.layers[0]
+
+    @property
+    def parameters(self) -> int:
+        return sum(a * b + b for a, b in itertools.pairwise(self.layers))
+
+
+MODELS = (
+    ModelSpec("mlp_small", (16, 128, 64, 3)),
+    ModelSpec("mlp_1m", (256, 1024, 768, 10)),
+)
+
+
+def build_model(spec: ModelSpec, seed: int = 0) -> onnx.ModelProto:
+    """x [-1, F] -> (MatMul + Add + Relu)* -> MatMul + Add -> y [-1, C], seeded weights."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers, current = [], [], "x"
+    pairs = list(itertools.pairwise(spec.layers))
+    for i, (fan_in, fan_out) in enumerate(pairs):
+        w = (rng.normal(size=(fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        b = (rng.normal(size=(fan_out,)) * 0.01).astype(np.float32)
+        initializers += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == len(pairs) - 1
+        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [f"mm{i}"]))
+        nodes.append(helper.make_node("Add", [f"mm{i}", f"b{i}"], ["y" if last else f"add{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"add{i}"], [f"h{i}"]))
+            current = f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        spec.name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", spec.features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", spec.layers[-1]])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_repository(root: Path) -> None:
+    """The models as bare ``root/<name>/1/model.onnx`` files (no manifest)."""
+    for spec in MODELS:
+        folder = root / spec.name / "1"
+        folder.mkdir(parents=True)
+        onnx.save(build_model(spec), folder / "model.onnx")
+
+
+def providers_for(provider: str) -> list[str]:
+    return [provider] if provider == CPU else [provider, CPU]
+
+
+def ort_session(path: Path, provider: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=providers_for(provider))
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A server subprocess pinned to one core, with the ports it listens on."""
+
+    label: str
+    command: list[str]
+    ready_path: str
+    http_port: int
+    grpc_port: int | None
+    log: Path
+    process: subprocess.Popen | None = None
+
+    def start(self, core: int | None) -> None:
+        def pin() -> None:
+            if core is not None:
+                os.sched_setaffinity(0, {core})
+
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                self.command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin, cwd=ROOT
+            )
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                break
+            try:
+                status, _ = http_get(self.http_port, self.ready_path)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        tail = self.log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{self.label} did not become ready; its log ends:\n{tail}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def mlp_server(repo: Path, provider: str, batching: bool, logs: Path) -> Server:
+    http_port, grpc_port = free_port(), free_port()
+    label = "mlp" if batching else "mlp-nobatch"
+    return Server(
+        label,
+        [
+            str(MLP),
+            "serve",
+            str(repo),
+            "--http-port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_port),
+            "--log-level",
+            "WARNING",  # no access line per request, as for the other servers
+            "--drain-seconds",
+            "2",
+            "--set",
+            f"providers=[{','.join(providers_for(provider))}]",
+            "--set",
+            "intra_op_threads=1",
+            "--set",
+            "inter_op_threads=1",
+            "--set",
+            f"batching.enabled={str(batching).lower()}",
+        ],
+        "/v2/health/ready",
+        http_port,
+        grpc_port,
+        logs / f"{label}.log",
+    )
+
+
+def plain_server(repo: Path, provider: str, logs: Path) -> Server:
+    port = free_port()
+    script = HERE / "plain_fastapi_server.py"
+    command = [str(SERVE_PYTHON), str(script), str(repo), "--port", str(port)]
+    return Server(
+        "fastapi",
+        [*command, "--provider", provider, "--threads", "1"],
+        "/health",
+        port,
+        None,
+        logs / "fastapi.log",
+    )
+
+
+def kserve_server(venv: Path, repo: Path, provider: str, logs: Path) -> Server:
+    http_port, grpc_port = free_port(), free_port()
+    return Server(
+        "kserve",
+        [
+            str(venv / "bin" / "python"),
+            str(HERE / "kserve_onnx_server.py"),
+            str(repo),
+            "--http_port",
+            str(http_port),
+            "--grpc_port",
+            str(grpc_port),
+            "--workers",
+            "1",
+            "--configure_logging",
+            "false",  # no access line per request, as for the other servers
+            "--enable_latency_logging",
+            "false",
+            "--provider",
+            provider,
+            "--threads",
+            "1",
+        ],
+        "/v2/health/ready",
+        http_port,
+        grpc_port,
+        logs / "kserve.log",
+    )
+
+
+def ensure_kserve_venv(venv: Path, provider: str) -> str | None:
+    """Create KServe's environment if missing; None when ready, else why it is not."""
+    python = venv / "bin" / "python"
+    if python.exists():
+        check = subprocess.run(
+            [str(python), "-c", "import kserve, onnxruntime, numpy"], capture_output=True
+        )
+        if check.returncode == 0:
+            return None
+    runtime = "onnxruntime" if provider == CPU else "onnxruntime-gpu"
+    print(f"creating {venv} (kserve, {runtime}, numpy) ...", flush=True)
+    steps = [
+        ["uv", "venv", str(venv), "--python", "3.11"],
+        ["uv", "pip", "install", "--python", str(python), "kserve", runtime, "numpy"],
+    ]
+    for step in steps:
+        try:
+            done = subprocess.run(step, capture_output=True, text=True)
+        except OSError as exc:
+            return f"{' '.join(step)}: {exc}"
+        if done.returncode != 0:
+            return f"{' '.join(step)} failed:\n{done.stderr[-2000:]}"
+    return None
+
+
+# -- clients -----------------------------------------------------------------------------------
+
+Call = Callable[[], None]
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def v2_json_body(spec: ModelSpec, row: np.ndarray) -> bytes:
+    tensor = {"name": "x", "datatype": "FP32", "shape": [1, spec.features], "data": row.tolist()}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def grpc_body(spec: ModelSpec, row: np.ndarray) -> bytes:
+    request = service_pb2.ModelInferRequest(model_name=spec.name)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, spec.features])
+    request.raw_input_contents.append(row.astype("<f4").tobytes())
+    return request.SerializeToString()
+
+
+def rest_caller(port: int, path: str, body: bytes) -> Callable[[], Call]:
+    """A factory of REST calls: each call of the factory opens one keep-alive connection."""
+    headers = {"Content-Type": "application/json"}
+
+    def connect() -> Call:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        return lambda: call_once(conn, path, body, headers)
+
+    return connect
+
+
+def call_once(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict) -> bytes:
+    conn.request("POST", path, body, headers)
+    response = conn.getresponse()
+    data = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {data[:300]!r}")
+    return data
+
+
+def grpc_caller(port: int, body: bytes) -> tuple[Callable[[], Call], Callable[[], None]]:
+    """A factory of gRPC calls on one shared channel, and the channel's closer."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = channel.unary_unary(MODEL_INFER)  # no serializers: bytes in, bytes out
+
+    def connect() -> Call:
+        def call() -> None:
+            stub(body, timeout=30)
+
+        return call
+
+    return connect, channel.close
+
+
+def decode_v2_json(data: bytes) -> np.ndarray:
+    return np.asarray(json.loads(data)["outputs"][0]["data"], dtype=np.float32)
+
+
+def decode_plain_json(data: bytes) -> np.ndarray:
+    return np.asarray(json.loads(data)["outputs"], dtype=np.float32).ravel()
+
+
+def decode_grpc(data: bytes) -> np.ndarray:
+    response = service_pb2.ModelInferResponse.FromString(data)
+    if response.raw_output_contents:
+        return np.frombuffer(response.raw_output_contents[0], dtype="<f4")
+    return np.asarray(response.outputs[0].contents.fp32_contents, dtype=np.float32)
+
+
+# -- the load loop -----------------------------------------------------------------------------
+
+
+@dataclass
+class CellResult:
+    requests: int
+    seconds: float
+    latencies: list[float]
+    errors: int
+    client_cpu: float  # this process's CPU seconds over the wall seconds
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
+def run_cell(
+    connect: Callable[[], Call], concurrency: int, requests: int, seconds: float, warmup: int
+) -> CellResult:
+    """``requests`` calls (or as many as fit in ``seconds``) from ``concurrency`` threads."""
+    counter = itertools.count()
+    clock: dict[str, float] = {}
+
+    def go() -> None:  # runs once, when every thread has warmed up
+        clock["cpu"] = time.process_time()
+        clock["start"] = time.perf_counter()
+        clock["deadline"] = clock["start"] + seconds
+
+    barrier = threading.Barrier(concurrency, action=go)
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+
+    def worker(index: int) -> None:
+        call = connect()
+        for _ in range(warmup):
+            call()
+        barrier.wait()
+        mine, deadline, clock_ = latencies[index], clock["deadline"], time.perf_counter
+        while next(counter) < requests:
+            started = clock_()
+            try:
+                call()
+            except Exception:
+                errors[index] += 1
+                continue
+            ended = clock_()
+            mine.append(ended - started)
+            if ended > deadline:
+                break
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - clock["start"]
+    cpu = time.process_time() - clock["cpu"]
+    flat = [x for part in latencies for x in part]
+    return CellResult(len(flat), wall, flat, sum(errors), cpu / wall if wall else 0.0)
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """One thing to load: a model behind a server and protocol (or in-process)."""
+
+    model: str
+    server: str  # inproc, mlp, mlp-nobatch, fastapi, kserve
+    protocol: str  # -, rest, grpc
+    connect: Callable[[], Call]
+    results: dict[int, list[CellResult]] = field(default_factory=dict)
+
+    @property
+    def batching(self) -> str:
+        return "on" if self.server == "mlp" else "off"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.model, self.server, self.protocol
+
+
+def make_targets(
+    specs: tuple[ModelSpec, ...],
+    repo: Path,
+    provider: str,
+    servers: dict[str, Server],
+    closers: list[Callable[[], None]],
+) -> list[Target]:
+    rng = np.random.default_rng(1)
+    targets = []
+    for spec in specs:
+        row = rng.normal(size=(1, spec.features)).astype(np.float32)
+        session = ort_session(repo / spec.name / "1" / "model.onnx", provider)
+        expected = session.run(None, {"x": row})[0].ravel()
+
+        def matches(
+            decode: Callable[[bytes], np.ndarray], what: str, expected=expected
+        ) -> Callable:
+            def compare(data: bytes) -> None:
+                got = decode(data)
+                if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
+                    raise RuntimeError(f"{what}: wrong answer {got[:4]} != {expected[:4]}")
+
+            return compare
+
+        def inproc(session=session, row=row) -> Call:
+            return lambda: session.run(None, {"x": row})
+
+        targets.append(Target(spec.name, "inproc", "-", inproc))
+        v2_body, g_body = v2_json_body(spec, row), grpc_body(spec, row)
+        for label, server in servers.items():
+            if label == "fastapi":
+                body = json.dumps({"inputs": row.tolist()}).encode()
+                path = f"/models/{spec.name}/predict"
+                check = matches(decode_plain_json, f"{label} {spec.name}")
+                verify_rest(server.http_port, path, body, check)
+                connect = rest_caller(server.http_port, path, body)
+                targets.append(Target(spec.name, label, "rest", connect))
+                continue
+            path = f"/v2/models/{spec.name}/infer"
+            check = matches(decode_v2_json, f"{label} REST {spec.name}")
+            verify_rest(server.http_port, path, v2_body, check)
+            connect = rest_caller(server.http_port, path, v2_body)
+            targets.append(Target(spec.name, label, "rest", connect))
+            if server.grpc_port is not None:
+                connect, close = grpc_caller(server.grpc_port, g_body)
+                closers.append(close)
+                verify_grpc(server.grpc_port, g_body, matches(decode_grpc, f"{label} gRPC"))
+                targets.append(Target(spec.name, label, "grpc", connect))
+    return targets
+
+
+def verify_rest(port: int, path: str, body: bytes, check: Callable[[bytes], None]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        check(call_once(conn, path, body, {"Content-Type": "application/json"}))
+    finally:
+        conn.close()
+
+
+def verify_grpc(port: int, body: bytes, check: Callable[[bytes], None]) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        check(channel.unary_unary(MODEL_INFER)(body, timeout=30))
+
+
+def run_rounds(targets: list[Target], args: argparse.Namespace) -> None:
+    cells = [(t, c) for t in targets for c in args.concurrency]
+    for round_ in range(args.rounds):
+        # Rotate the order each round, so no cell always runs first or right after another.
+        shift = (round_ * len(cells)) // max(args.rounds, 1)
+        order = cells[shift:] + cells[:shift]
+        started = time.perf_counter()
+        for target, concurrency in order:
+            result = run_cell(
+                target.connect,
+                concurrency,
+                args.requests,
+                args.seconds,
+                warmup=max(3, args.warmup // concurrency),
+            )
+            target.results.setdefault(concurrency, []).append(result)
+        print(
+            f"round {round_ + 1}/{args.rounds}: {len(order)} cells in "
+            f"{time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+
+
+@dataclass(frozen=True)
+class Summary:
+    rps: float
+    p50: float
+    p99: float
+    errors: int
+    client_cpu: float
+
+
+def summarize(results: list[CellResult]) -> Summary:
+    return Summary(
+        statistics.median(r.rps for r in results),
+        statistics.median(r.percentile(50) for r in results),
+        statistics.median(r.percentile(99) for r in results),
+        sum(r.errors for r in results),
+        statistics.median(r.client_cpu for r in results),
+    )
+
+
+def print_table(targets: list[Target], concurrency: list[int]) -> dict:
+    header = (
+        f"{'model':<10} {'server':<12} {'protocol':<8} {'batching':<8} {'conc':>4} "
+        f"{'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'client cpu':>10} {'errors':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    table = {}
+    for target in targets:
+        for c in concurrency:
+            s = summarize(target.results[c])
+            table[(*target.key, c)] = s
+            print(
+                f"{target.model:<10} {target.server:<12} {target.protocol:<8} "
+                f"{target.batching:<8} {c:>4} {s.rps:>8.0f} {s.p50:>8.3f} {s.p99:>8.3f} "
+                f"{s.client_cpu:>9.0%} {s.errors:>6}"
+            )
+    return table
+
+
+def print_goals(table: dict, specs: tuple[ModelSpec, ...], high: int, low: int) -> None:
+    print()
+    print(f"Goals (concurrency {high}): our gRPC >= 2x plain FastAPI, and above KServe")
+    for spec in specs:
+        m = spec.name
+        fastapi = table.get((m, "fastapi", "rest", high))
+        kserve = table.get((m, "kserve", "grpc", high)) or table.get((m, "kserve", "rest", high))
+        kserve_proto = "gRPC" if (m, "kserve", "grpc", high) in table else "REST"
+        for server in ("mlp", "mlp-nobatch"):
+            ours = table.get((m, server, "grpc", high))
+            if ours is None:
+                continue
+            parts = [f"{m:<10} {server:<12} gRPC {ours.rps:>7.0f} req/s"]
+            if fastapi:
+                ratio = ours.rps / fastapi.rps
+                parts.append(f"/ FastAPI {ratio:5.2f}x [{'met' if ratio >= 2 else 'MISSED'}]")
+            if kserve:
+                ratio = ours.rps / kserve.rps
+                verdict = "met" if ratio > 1 else "MISSED"
+                parts.append(f"/ KServe {kserve_proto} {ratio:5.2f}x [{verdict}]")
+            print("  ".join(parts))
+    print()
+    print(f"Added p50 latency over in-process onnxruntime (concurrency {low})")
+    for spec in specs:
+        base = table.get((spec.name, "inproc", "-", low))
+        if base is None:
+            continue
+        cells = [
+            f"{server} {proto} +{table[k].p50 - base.p50:.3f} ms"
+            for server in ("mlp", "mlp-nobatch", "fastapi", "kserve")
+            for proto in ("rest", "grpc")
+            if (k := (spec.name, server, proto, low)) in table
+        ]
+        print(f"{spec.name:<10} in-process p50 {base.p50:.3f} ms;  " + ";  ".join(cells))
+
+
+def pin(core: int | None) -> None:
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a one-minute smoke run")
+    parser.add_argument("--provider", default=CPU, help="onnxruntime execution provider")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds over every cell")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per cell")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time bound of one cell")
+    parser.add_argument("--warmup", type=int, default=48, help="warm-up requests per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--server-core", type=int, default=0)
+    parser.add_argument("--client-core", type=int, default=1)
+    parser.add_argument("--no-pin", action="store_true", help="leave processes unpinned")
+    parser.add_argument("--no-kserve", action="store_true", help="leave KServe out")
+    parser.add_argument("--kserve-venv", type=Path, default=KSERVE_VENV)
+    parser.add_argument("--json", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.requests, args.seconds, args.warmup = 1, 300, 0.6, 16
+    cores = len(os.sched_getaffinity(0))
+    pinned = not args.no_pin and cores >= 2
+    server_core = args.server_core if pinned else None
+    client_core = args.client_core if pinned else None
+    if args.provider not in ort.get_available_providers():
+        sys.exit(f"{args.provider} is not available here: {ort.get_available_providers()}")
+
+    kserve_problem = None if not args.no_kserve else "left out (--no-kserve)"
+    if kserve_problem is None:
+        kserve_problem = ensure_kserve_venv(args.kserve_venv, args.provider)
+    pin(client_core)
+    print(
+        f"provider {args.provider}; servers on core {server_core}, client on core {client_core} "
+        f"(of {os.cpu_count()}); onnxruntime {ort.__version__}; {args.rounds} round(s), "
+        f"{args.requests} requests or {args.seconds} s per cell",
+        flush=True,
+    )
+    for spec in MODELS:
+        print(f"  {spec.name}: {spec.layers} ({spec.parameters:,} parameters)")
+
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
+        repo, logs = Path(folder) / "repo", Path(folder) / "logs"
+        logs.mkdir()
+        write_repository(repo)
+        servers = {
+            "mlp": mlp_server(repo, args.provider, True, logs),
+            "mlp-nobatch": mlp_server(repo, args.provider, False, logs),
+            "fastapi": plain_server(repo, args.provider, logs),
+        }
+        if kserve_problem is None:
+            servers["kserve"] = kserve_server(args.kserve_venv, repo, args.provider, logs)
+        else:
+            print(f"KServe: not benchmarked: {kserve_problem}")
+        closers: list[Callable[[], None]] = []
+        try:
+            for server in servers.values():
+                server.start(server_core)
+            for server in servers.values():
+                server.wait_ready()
+            report_providers(servers["mlp"])
+            targets = make_targets(MODELS, repo, args.provider, servers, closers)
+            started = time.perf_counter()
+            run_rounds(targets, args)
+            print(f"measured in {time.perf_counter() - started:.0f} s\n")
+        finally:
+            for close in closers:
+                close()
+            for server in servers.values():
+                server.stop()
+    low, high = min(args.concurrency), max(args.concurrency)
+    table = print_table(targets, args.concurrency)
+    print_goals(table, MODELS, high, low)
+    if args.json:
+        rows = [
+            {"model": k[0], "server": k[1], "protocol": k[2], "concurrency": k[3], **vars(s)}
+            for k, s in table.items()
+        ]
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+def report_providers(server: Server) -> None:
+    """The provider our server really runs each model on (onnxruntime may fall back to CPU)."""
+    for spec in MODELS:
+        status, body = http_get(server.http_port, f"/v2/models/{spec.name}")
+        if status == 200:
+            provider = json.loads(body)["parameters"].get("execution_provider")
+            print(f"  mlp serve runs {spec.name} on {provider}")
+
+
+if __name__ == "__main__":
+    main()
