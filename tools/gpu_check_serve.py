@@ -90,7 +90,7 @@ def main(repo: Path) -> None:
     http = line.split("REST on ")[1].split(",")[0]
     address = line.split("gRPC on ")[1].strip()
     print(line.strip())
-    rest = httpx.Client(base_url=http, timeout=30)
+    rest = httpx.Client(base_url=http, timeout=120)
     channel = grpc.insecure_channel(address)
     infer = channel.unary_unary(
         "/inference.GRPCInferenceService/ModelInfer",
@@ -103,6 +103,7 @@ def main(repo: Path) -> None:
         version = max(bundle.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
         manifest = read_manifest(version)
         name = bundle.name
+        print("checking", name, flush=True)
         config = rest.get(f"/v2/models/{name}/config").json()
         provider = config["parameters"]["execution_provider"]["string_value"]
         feeds = inputs_for(manifest, rng)
@@ -134,7 +135,11 @@ def main(repo: Path) -> None:
         }
         inproc = p50(timed(lambda gpu=gpu, feeds=feeds: gpu.run(None, feeds)))
         url = f"/v2/models/{name}/infer"
-        rest_p50 = p50(timed(lambda url=url, body=body: rest.post(url, json=body)))
+        try:
+            rest_p50 = p50(timed(lambda url=url, body=body: rest.post(url, json=body)))
+        except httpx.HTTPError as exc:
+            print(f"{name}: REST failed: {exc!r}", flush=True)
+            rest_p50 = float("nan")
         grpc_p50 = p50(timed(lambda message=message: infer(message)))
         rows.append(
             (

@@ -82,4 +82,66 @@ print(f"penguins trained from the wheels: test accuracy {metrics['test.accuracy'
 assert metrics["test.accuracy"] >= 0.95, metrics
 PY
 
+step "mlp-serve alone, from the wheels, in a fresh venv: no torch in it; it serves a bundle"
+uv venv --quiet --python 3.11 "$work/serve"
+uv pip install --quiet --python "$work/serve/bin/python" \
+    "$(wheel mlp_serve)" "$(wheel mlp_core)" "$(wheel mlp_obs)"
+banned_in "$work/serve" torch torchvision mlp-models mlp-data mlp-train
+echo "mlp-serve pulled no torch, torchvision, mlp-models, mlp-data or mlp-train"
+runtimes=$(uv pip list --python "$work/serve/bin/python" 2>/dev/null \
+    | awk 'tolower($1) ~ /^onnxruntime(-gpu)?$/ {print $1}')
+[ "$(wc -l <<<"$runtimes")" -eq 1 ] || { echo "expected one onnxruntime, got: $runtimes"; exit 1; }
+echo "one onnxruntime: $runtimes"
+"$work/serve/bin/mlp" --version
+# Training and export need torch: the bundle comes from the workspace environment.
+serve_run=$("$ROOT/.venv/bin/mlp" train "$ROOT/examples/penguins" \
+    --set "data.path=$ROOT/examples/data/penguins.csv" --set training.epochs=3 \
+    --set training.progress=none --run-dir "$work/serve-runs" | tail -n 1)
+"$ROOT/.venv/bin/mlp" export "$serve_run" --repo "$work/repo" --name penguins --no-mlflow \
+    | tail -n 1
+log="$work/serve.log"
+"$work/serve/bin/mlp" serve "$work/repo" --http-port 0 --grpc-port 0 >"$log" 2>&1 &
+server=$!
+trap 'kill -TERM $server 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 1 120); do
+    grep -q "^mlp serve: REST on" "$log" && break
+    kill -0 $server 2>/dev/null || { cat "$log"; exit 1; }
+    sleep 0.5
+done
+ports=$(grep "^mlp serve: REST on" "$log") || { cat "$log"; echo "mlp serve never got ready"; exit 1; }
+echo "$ports"
+http=$(sed -E 's#.*REST on (http://[^,]+),.*#\1#' <<<"$ports")
+grpc=$(sed -E 's#.*gRPC on ([^ ]+).*#\1#' <<<"$ports")
+python3 - "$http" "$ROOT/examples/penguins/requests.json" >"$work/rest.json" <<'PY'
+# Plain urllib: what a client with nothing installed sends to /v1.
+import json, sys, urllib.request
+rows = json.load(open(sys.argv[2]))
+request = urllib.request.Request(
+    f"{sys.argv[1]}/v1/models/penguins/predict",
+    data=json.dumps({"rows": rows}).encode(),
+    headers={"Content-Type": "application/json"},
+)
+with urllib.request.urlopen(request, timeout=60) as reply:
+    assert reply.status == 200, reply.status
+    print(reply.read().decode())
+PY
+"$work/serve/bin/mlp" predict penguins --grpc "$grpc" \
+    --json "$ROOT/examples/penguins/requests.json" >"$work/grpc.json"
+python3 - "$work/rest.json" "$work/grpc.json" <<'PY'
+import json, sys
+rest, grpc = (json.load(open(path))["predictions"] for path in sys.argv[1:])
+assert len(rest) == len(grpc) == 3, (rest, grpc)
+for a, b in zip(rest, grpc):
+    assert a["label"] == b["label"] and a["label"] in a["probabilities"], (a, b)
+    assert abs(sum(a["probabilities"].values()) - 1) < 1e-5, a
+    assert all(abs(a["probabilities"][k] - b["probabilities"][k]) < 1e-6 for k in a["probabilities"])
+print("REST /v1 and gRPC answered alike:", [a["label"] for a in rest])
+PY
+kill -TERM $server
+status=0
+wait $server || status=$?
+trap 'rm -rf "$work"' EXIT
+[ $status -eq 0 ] || { cat "$log"; echo "mlp serve exited $status after SIGTERM"; exit 1; }
+echo "mlp serve (from the wheels, no torch) drained and exited 0 on SIGTERM"
+
 echo "wheel check passed"

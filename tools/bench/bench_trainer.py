@@ -17,9 +17,9 @@ size, seed, optimizer (AdamW, lr 1e-3) and ``torch.set_num_threads``, on the CPU
 
 Each variant runs in its own process (so that its peak RSS is its own) and stops at the start of
 every epoch until the parent says go: epochs run one at a time, the variants interleaved in a
-rotating order, never two at once. An epoch's time runs from the epoch-start hook to the
-epoch-end hook (the plain loop: from set_epoch to the last step). The table gives the median of
-the epochs after the warm-up.
+rotating order, never two at once. An epoch's time (wall, and the process's CPU time) runs from
+the epoch-start hook to the epoch-end hook (the plain loop: from set_epoch to the last step).
+The table gives the median of the epochs after the warm-up.
 
 Lightning lives in its own environment so that mlp's never holds it. The script creates it when it
 is missing (the same as running, from the repository root)::
@@ -94,17 +94,18 @@ class Gate:
     """Waits for the parent's go at each epoch start; reports the epoch's time at its end."""
 
     def __init__(self) -> None:
-        self.started = 0.0
+        self.started = self.cpu_started = 0.0
 
     def start(self) -> None:
         print("ready", flush=True)
         if sys.stdin.readline().strip() != "go":
             raise SystemExit(0)
         self.started = time.perf_counter()
+        self.cpu_started = time.process_time()
 
     def end(self) -> None:
-        seconds = time.perf_counter() - self.started
-        print(json.dumps({"epoch_s": seconds}), flush=True)
+        cpu = time.process_time() - self.cpu_started
+        print(json.dumps({"epoch_s": time.perf_counter() - self.started, "cpu_s": cpu}), flush=True)
 
 
 def peak_rss_mib() -> float:
@@ -261,6 +262,7 @@ class Worker:
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
         self.epochs: list[float] = []
+        self.cpu: list[float] = []
         self.peak_rss_mib = float("nan")
 
     def _line(self) -> str:
@@ -278,9 +280,10 @@ class Worker:
         self.process.stdin.flush()  # type: ignore[union-attr]
         while not (line := self._line()).startswith("{"):
             print(f"[{self.variant}] {line}", file=sys.stderr)
-        seconds = json.loads(line)["epoch_s"]
-        self.epochs.append(seconds)
-        return seconds
+        times = json.loads(line)
+        self.epochs.append(times["epoch_s"])
+        self.cpu.append(times["cpu_s"])
+        return times["epoch_s"]
 
     def finish(self) -> None:
         self.process.stdin.close()  # type: ignore[union-attr]
@@ -315,22 +318,33 @@ def report(workers: list[Worker], args: argparse.Namespace, seconds: float) -> N
     import torch
 
     medians = {w.variant: statistics.median(w.epochs[args.warmup :]) for w in workers}
-    plain = medians["plain"]
+    cpu = {w.variant: statistics.median(w.cpu[args.warmup :]) for w in workers}
+    plain, plain_cpu = medians["plain"], cpu["plain"]
     steps = -(-args.rows // args.batch_size)
     print(
         f"\n{args.rows} rows, batch {args.batch_size} ({steps} steps/epoch), tabular_mlp ~1M "
         f"params, torch {torch.__version__}, {args.threads} thread(s), CPU; median of "
         f"{args.epochs} epochs after {args.warmup} warm-up, interleaved ({seconds:.0f}s in all)\n"
     )
-    print(f"{'variant':<13} {'epoch s':>8} {'ms/step':>8} {'vs plain':>9} {'peak RSS MiB':>13}")
+    print(
+        f"{'variant':<13} {'wall s':>7} {'vs plain':>9} {'CPU s':>7} {'vs plain':>9} "
+        f"{'CPU ms/step':>12} {'peak RSS MiB':>13}"
+    )
     for worker_ in workers:
-        median = medians[worker_.variant]
+        wall, used = medians[worker_.variant], cpu[worker_.variant]
         print(
-            f"{worker_.variant:<13} {median:>8.3f} {1000 * median / steps:>8.2f} "
-            f"{median / plain:>9.3f} {worker_.peak_rss_mib:>13.0f}"
+            f"{worker_.variant:<13} {wall:>7.3f} {wall / plain:>9.3f} {used:>7.3f} "
+            f"{used / plain_cpu:>9.3f} {1000 * used / steps:>12.2f} {worker_.peak_rss_mib:>13.0f}"
         )
-    spread = {w.variant: [round(s, 3) for s in w.epochs[args.warmup :]] for w in workers}
-    print(f"\nall measured epochs (s): {json.dumps(spread)}")
+    print(
+        "\nwall: epoch wall time; CPU: the process's CPU time in the epoch (steadier on a shared "
+        "machine: other processes do not add to it)"
+    )
+    for name, values in (("wall", "epochs"), ("CPU", "cpu")):
+        spread = {
+            w.variant: [round(s, 3) for s in getattr(w, values)[args.warmup :]] for w in workers
+        }
+        print(f"all measured epochs, {name} s: {json.dumps(spread)}")
 
 
 def profile(args: argparse.Namespace) -> None:
@@ -348,6 +362,11 @@ def profile(args: argparse.Namespace) -> None:
 
     threading.Thread(target=feed, daemon=True).start()
     import torch
+
+    # Imported first, so that the profile shows the loop rather than the imports.
+    import mlp_data.tabular_dataset  # noqa: F401
+    import mlp_models  # noqa: F401
+    import mlp_train.trainer  # noqa: F401
 
     torch.set_num_threads(args.threads)
     profiler = cProfile.Profile()

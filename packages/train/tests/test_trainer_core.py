@@ -289,3 +289,12 @@ def test_deterministic_runs_give_bit_identical_weights(tmp_path):
         model_tensors(first.run_dir / "model"), model_tensors(second.run_dir / "model")
     )
     assert first.metrics == second.metrics
+
+
+def test_precision_given_as_a_number_on_the_command_line():
+    from mlp_train.config import TrainerConfig
+
+    # `--set training.precision=32` is parsed as YAML: the integer 32.
+    assert TrainerConfig.model_validate({"precision": 32}).precision == "32"
+    with pytest.raises(ValueError, match="precision"):
+        TrainerConfig.model_validate({"precision": 8})

@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -100,6 +101,12 @@ class TrainerConfig(TrainingSection):
     callbacks: list[CallbackSpec] = Field(default_factory=list)
     tracking: TrackingConfig = TrackingConfig()
     run_name: str | None = None
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        # `--set training.precision=32` arrives as the YAML integer 32.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _precision_fits_device(self) -> TrainerConfig:
