@@ -31,7 +31,8 @@ class CliRun:
 
 @pytest.fixture(scope="session")
 def penguins_run(tmp_path_factory: pytest.TempPathFactory, pycache: Path) -> CliRun:
-    """`mlp train examples/penguins` as the README runs it, registering the model in MLflow."""
+    """`mlp train examples/penguins` as the README runs it, registering the model in MLflow and
+    tracking system metrics."""
     root = tmp_path_factory.mktemp("penguins_runs")
     result = mlp(
         "train",
@@ -40,6 +41,8 @@ def penguins_run(tmp_path_factory: pytest.TempPathFactory, pycache: Path) -> Cli
         str(root),
         "--set",
         "training.tracking.register_model=penguins",
+        "--set",
+        "training.tracking.system_metrics=true",
         pycache=pycache,
     )
     assert result.returncode == 0, result.stderr[-3000:]

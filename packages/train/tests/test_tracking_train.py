@@ -77,3 +77,13 @@ def test_register_model_creates_a_model_version(tracked):
     assert len(mine) == 1
     assert mine[0].source.endswith("/model")
     assert client.get_registered_model("penguins").name == "penguins"
+
+
+def test_system_metrics_on_request_come_with_every_epoch(tracked):
+    client, run, run_dir = tracked
+    epochs = len(read_rows(run_dir / "metrics.jsonl"))
+    for name in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == list(range(epochs)), name
+    memory = client.get_metric_history(run.info.run_id, "system/process_memory_rss_megabytes")
+    assert all(m.value > 50 for m in memory)  # a torch process holds far more than 50 MiB

@@ -79,7 +79,9 @@ class CallbackSpec(_Options):
 class TrackingConfig(_Options):
     backend: Literal["auto", "mlflow", "local"] = "auto"
     register_model: str | None = Field(None, description="register the model under this name")
-    system_metrics: bool = Field(False, description="MLflow system metrics (CPU, memory, GPU)")
+    system_metrics: bool = Field(
+        False, description="track CPU, memory and GPU use with each epoch (system/... metrics)"
+    )
 
 
 class TrainerConfig(TrainingSection):

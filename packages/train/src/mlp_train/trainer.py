@@ -425,7 +425,14 @@ class Trainer:
         if config.early_stopping is not None:
             callbacks.append(EarlyStopping(**config.early_stopping.model_dump()))
         if self.run_dir is not None:
-            callbacks.append(MetricsLogger(self.run_dir, tracker, prometheus))
+            callbacks.append(
+                MetricsLogger(
+                    self.run_dir,
+                    tracker,
+                    prometheus,
+                    system_metrics=config.tracking.system_metrics,
+                )
+            )
             callbacks.append(ModelCheckpoint(**config.checkpoint.model_dump()))
         if config.progress != "none":
             callbacks.append(

@@ -15,10 +15,19 @@ from mlp_train.callbacks.base import Callback
 
 
 class MetricsLogger(Callback):
-    def __init__(self, run_dir: str | Path, tracker: Any = None, prometheus: Any = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        tracker: Any = None,
+        prometheus: Any = None,
+        *,
+        system_metrics: bool = False,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.tracker = tracker
         self.prometheus = prometheus  # mlp_obs.metrics.TrainingMetrics, or None
+        # CPU, memory and GPU use, tracked with each epoch's metrics (training.tracking).
+        self.system_metrics = system_metrics
         self._epoch_started = time.perf_counter()
         self._samples = 0
 
@@ -68,6 +77,10 @@ class MetricsLogger(Callback):
         self._append_csv(row)
         if self.tracker is not None:
             self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            if self.system_metrics:
+                from mlp_obs.system import system_snapshot
+
+                self.tracker.log_metrics(system_snapshot(), step=epoch)
         if self.prometheus is not None:
             losses = {k.split(".")[0]: v for k, v in metrics.items() if k.endswith(".loss")}
             values = {}
