@@ -8,7 +8,8 @@ The run folder holds::
     preprocessing.json   every fitted preprocessing parameter (for export and serving)
     metrics.jsonl/.csv   one row per epoch
     checkpoints/         last (x2) and best checkpoints, with index.json
-    model/               the final model: weights + config, loadable by name
+    model                the final model, one file: weights + config, loadable by name
+                         (`mlp_models.load_model(run / "model")`)
     metrics.json         final validation and test metrics
     plots/               training curves, confusion matrix or residuals (PNG)
     tracking.jsonl       the run's tracking record (also in MLflow when installed)
