@@ -9,7 +9,9 @@ a lone request runs at once, and under load each batch is what queued while the 
 (:class:`QueueFull`, HTTP 503) rather than waiting without bound.
 
 With batching off, :class:`DirectRunner` runs each request on its own, still in a thread, so the
-event loop is never blocked by onnxruntime.
+event loop is never blocked by onnxruntime: in the executor for a request that arrives on the
+loop, or in the caller's own thread (:meth:`DirectRunner.run_in_thread`, the gRPC front end's
+call threads), as onnxruntime sessions may run in several threads at once.
 """
 
 from __future__ import annotations
@@ -65,6 +67,18 @@ class DirectRunner:
     def queued(self) -> int:
         return 0
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def run_in_thread(self, feeds: Arrays, outputs: Sequence[str]) -> Arrays:
+        """Run in the calling thread, which must not be the event loop's (it blocks)."""
+        start = time.perf_counter()
+        results = _run_safely(self._run, feeds, tuple(outputs))
+        compute = time.perf_counter() - start
+        self._observe(_rows(feeds), compute, [0.0])
+        return results
+
     async def submit(self, feeds: Arrays, outputs: Sequence[str]) -> Arrays:
         if self._closed:
             raise ModelUnavailable("the model is being unloaded")
@@ -79,9 +93,7 @@ class DirectRunner:
         results, started, compute = await asyncio.get_running_loop().run_in_executor(
             self._executor, run
         )
-        first = next(iter(feeds.values()), None)
-        rows = int(first.shape[0]) if first is not None and first.ndim else 1
-        self._observe(rows, compute, [started - submitted])
+        self._observe(_rows(feeds), compute, [started - submitted])
         return results
 
     async def close(self) -> None:
@@ -209,6 +221,11 @@ class DynamicBatcher:
         for pending, part in zip(batch, parts):
             if not pending.future.done():
                 pending.future.set_result({n: part[n] for n in pending.outputs})
+
+
+def _rows(feeds: Arrays) -> int:
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def _split(results: Arrays, sizes: list[int], total: int) -> list[Arrays]:

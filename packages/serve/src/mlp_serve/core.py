@@ -5,6 +5,11 @@ runs in, and answers in protocol-neutral types (:mod:`mlp_serve.types`). A front
 translates its wire format; it never touches onnxruntime. Every failure of a request leaves
 :meth:`InferenceCore.infer` as an :class:`~mlp_serve.errors.InferenceError`, which carries the
 HTTP status and gRPC code to answer with.
+
+The core lives on one event loop. :meth:`InferenceCore.infer_in_thread` is the one entry meant
+for other threads (the gRPC front end's call threads): it answers a request to a model without
+dynamic batching in the calling thread, reading the repository's snapshot, and counts the
+request in flight under a lock, so that :meth:`InferenceCore.stop` waits for it too.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,15 +101,17 @@ class InferenceCore:
         self._started = False
         self._stopping = False
         self._stopped = False
+        # Requests in flight, on the loop and in other threads: changed under the lock; ``_idle``
+        # is set while there are none (what stop() waits for).
         self._in_flight = 0
-        self._idle: asyncio.Event | None = None
+        self._in_flight_lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
         self._poller: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._idle = asyncio.Event()
-        self._idle.set()
         await self.repository.sync()
         self._started = True
         if self.config.poll_seconds:
@@ -118,16 +126,19 @@ class InferenceCore:
         """Refuse new requests, let the ones in flight finish (up to ``drain_seconds``), unload."""
         if self._stopped:
             return
-        self._stopping = True
+        with self._in_flight_lock:
+            # Under the lock: a thread that entered before this is counted below; one that
+            # enters after it sees _stopping and refuses.
+            self._stopping = True
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        if self._idle is not None and self._in_flight:
+        if self._in_flight:
             log.info("draining requests in flight", requests=self._in_flight)
-            try:
-                await asyncio.wait_for(self._idle.wait(), drain_seconds)
-            except asyncio.TimeoutError:
+            # In a thread: the loop keeps answering the requests it is waiting for.
+            loop = asyncio.get_running_loop()
+            if not await loop.run_in_executor(None, self._idle.wait, drain_seconds):
                 log.warning("drain timed out", requests=self._in_flight, seconds=drain_seconds)
         await self.repository.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -264,33 +275,80 @@ class InferenceCore:
         finally:
             self._leave()
 
+    def infer_in_thread(
+        self, name: str, version: str | None, request: InferRequest, protocol: str
+    ) -> InferResponse | None:
+        """:meth:`infer` in the calling thread (not the loop's), or None where it must run on the
+        loop: a model with dynamic batching, one not ready (the loop says why), or a stop begun.
+
+        Thread-safe: the model comes from the repository's snapshot, onnxruntime sessions run in
+        several threads at once, and the metrics and the in-flight count take their locks.
+        """
+        entry = self.repository.ready_version(name, version)
+        runner = entry.runner if entry is not None else None
+        if not isinstance(runner, DirectRunner) or runner.closed:
+            return None
+        self._enter()
+        try:
+            if self._stopping:
+                return None
+            with self.metrics.track_request(name, str(entry.version), protocol) as tracking:
+                try:
+                    feeds, names = self._validate(entry, request)
+                    results = runner.run_in_thread(feeds, names)
+                    return self._response(entry, request, names, results)
+                except InferenceError as exc:
+                    tracking.status = status_label(exc)
+                    raise
+                except Exception as exc:  # a bug here must still be an answer, not a crash
+                    log.exception("inference failed unexpectedly", model=name)
+                    raise InferenceError(f"internal error: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._leave()
+
     def _lookup(self, name: str, version: str | None) -> ModelVersion:
         if self._stopping:
             raise ModelUnavailable("the server is shutting down")
         return self.repository.get(name, version)
 
     async def _infer(self, entry: ModelVersion, request: InferRequest) -> InferResponse:
+        feeds, names = self._validate(entry, request)
+        results = await entry.runner.submit(feeds, names)
+        return self._response(entry, request, names, results)
+
+    @staticmethod
+    def _validate(
+        entry: ModelVersion, request: InferRequest
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
         runtime = entry.runtime
         feeds = validate_inputs(request, runtime.inputs, entry.max_batch_size)
         names = validate_outputs([o.name for o in request.outputs], runtime.outputs)
-        results = await entry.runner.submit(feeds, names)
-        outputs = [_output_tensor(name, results[name]) for name in names]
+        return feeds, names
+
+    @staticmethod
+    def _response(
+        entry: ModelVersion,
+        request: InferRequest,
+        names: list[str],
+        results: dict[str, np.ndarray],
+    ) -> InferResponse:
         return InferResponse(
             model_name=entry.name,
             model_version=str(entry.version),
-            outputs=outputs,
+            outputs=[_output_tensor(name, results[name]) for name in names],
             id=request.id,
         )
 
     def _enter(self) -> None:
-        self._in_flight += 1
-        if self._idle is not None:
+        with self._in_flight_lock:
+            self._in_flight += 1
             self._idle.clear()
 
     def _leave(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0 and self._idle is not None:
-            self._idle.set()
+        with self._in_flight_lock:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
 
     def _make_runner(
         self, name: str, version: int, runtime: ModelRuntime, max_batch_size: int

@@ -11,12 +11,14 @@ Beside it: the standard ``grpc.health.v1.Health`` service (SERVING while the cor
 model's name as the service asks about that model) and server reflection. Request bodies are
 decoded here rather than by grpc, so malformed bytes are INVALID_ARGUMENT, not INTERNAL.
 
-The server is grpc's synchronous one: calls are answered in a small pool of threads, which hand
-the work that touches the core to the asyncio loop the core lives on
-(``asyncio.run_coroutine_threadsafe``) and wait for it. grpc.aio's own per-call overhead is about
-twice the sync server's on one core, which makes it the bottleneck of a small model's serving.
-Decoding and encoding messages happen in the call's thread; the core, its repository and its
-batchers are only ever touched on the loop.
+The server is grpc's synchronous one: calls are answered in a small pool of threads. grpc.aio's
+own per-call overhead is about twice the sync server's on one core, which makes it the bottleneck
+of a small model's serving. Decoding and encoding messages happen in the call's thread. An
+inference request to a model without dynamic batching is answered entirely there too
+(:meth:`InferenceCore.infer_in_thread`: validation and onnxruntime in the call's thread, no hop
+to the loop and back). Everything else that touches the core (batched models, errors about
+models that are not ready, metadata, health) is handed to the asyncio loop the core lives on
+(``asyncio.run_coroutine_threadsafe``) and waited for.
 """
 
 from __future__ import annotations
@@ -333,12 +335,12 @@ class InferenceServicer:
         except InvalidInput as exc:
             self._count_rejected(request.model_name, request.model_version, exc, context)
             raise
-        response = self.bridge.run(
-            self.core.infer(
-                request.model_name, request.model_version or None, decoded, protocol=PROTOCOL
-            ),
-            context,
-        )
+        name, version = request.model_name, request.model_version or None
+        response = self.core.infer_in_thread(name, version, decoded, PROTOCOL)
+        if response is None:  # batched, not ready, or stopping: the loop answers
+            response = self.bridge.run(
+                self.core.infer(name, version, decoded, protocol=PROTOCOL), context
+            )
         return grpc_codec.encode_infer_response(response)
 
 

@@ -9,16 +9,21 @@ its highest ready one. Every ready version stays loaded and can be asked for by 
 :meth:`ModelRepository.sync` compares the disk with what is loaded: new or changed versions are
 loaded, versions whose folder went away are unloaded. Polling calls it every few seconds; a
 version that failed is retried only once its files change.
+
+The repository changes only on the event loop. Other threads (the gRPC front end's) read the
+ready versions through :meth:`ModelRepository.ready_version`, which looks in an immutable
+snapshot that the loop replaces, as one reference, after every change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from mlp_core.errors import MlpError
 from mlp_obs.log import get_logger
@@ -67,6 +72,9 @@ class _Model:
         return self.versions[max(self.versions)] if self.versions else None
 
 
+# name -> (default version, {number: version}): replaced whole, never changed in place.
+Snapshot = Mapping[str, tuple[ModelVersion, Mapping[int, ModelVersion]]]
+
 RunnerFactory = Callable[[str, int, ModelRuntime, int], "DynamicBatcher | DirectRunner"]
 
 
@@ -91,6 +99,7 @@ class ModelRepository:
         self._disabled: set[str] = set()  # unloaded through the API: polling leaves them alone
         self._extra: set[str] = set()  # loaded through the API although not in config.models
         self._lock = asyncio.Lock()
+        self._snapshot: Snapshot = MappingProxyType({})
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -126,6 +135,21 @@ class ModelRepository:
                 f"model {name!r} has no ready version {version!r}; ready versions: {ready}"
             )
         return model.versions[number]
+
+    def ready_version(self, name: str, version: str | None = None) -> ModelVersion | None:
+        """The ready version :meth:`get` would return, or None where :meth:`get` would raise.
+
+        Safe from any thread: it reads the snapshot the loop last published, never the
+        dictionaries the loop changes.
+        """
+        found = self._snapshot.get(name)
+        if found is None:
+            return None
+        default, versions = found
+        if version in (None, ""):
+            return default
+        number = _version_number(str(version))
+        return versions.get(number) if number is not None else None
 
     def ready_versions(self, name: str) -> list[int]:
         model = self._models.get(name)
@@ -186,12 +210,14 @@ class ModelRepository:
             self._disabled.add(name)
             self._extra.discard(name)
             model = self._models.pop(name, None)
+            self._publish()
             for version in list(model.versions.values()) if model else []:
                 await self._retire(version)
 
     async def close(self) -> None:
         async with self._lock:
             models, self._models = self._models, {}
+            self._publish()
             for model in models.values():
                 for version in model.versions.values():
                     await self._retire(version)
@@ -202,7 +228,9 @@ class ModelRepository:
         model = self._models.setdefault(name, _Model())
         for number in sorted(set(model.versions) - set(on_disk)):
             log.info("model version removed from the repository", model=name, version=number)
-            await self._retire(model.versions.pop(number))
+            retired = model.versions.pop(number)
+            self._publish()
+            await self._retire(retired)
         for number, folder in sorted(on_disk.items()):
             fingerprint = _fingerprint(folder)
             loaded = model.versions.get(number)
@@ -214,6 +242,7 @@ class ModelRepository:
             await self._load_version(name, number, folder, fingerprint, model)
         if not model.versions:
             del self._models[name]
+        self._publish()
 
     async def _load_version(
         self, name: str, number: int, folder: Path, fingerprint: Fingerprint, model: _Model
@@ -255,6 +284,7 @@ class ModelRepository:
             max_batch_size=max_batch,
             batching=isinstance(runner, DynamicBatcher),
         )
+        self._publish()
         self._metrics.model_loaded(name, str(number), runtime.provider)
         log.info(
             "model version ready",
@@ -266,6 +296,15 @@ class ModelRepository:
         )
         if previous is not None:
             await previous.runner.close()
+
+    def _publish(self) -> None:
+        """Replace the snapshot other threads read (on the loop, after each change)."""
+        snapshot = {}
+        for name, model in self._models.items():
+            default = model.default()
+            if default is not None:
+                snapshot[name] = (default, MappingProxyType(dict(model.versions)))
+        self._snapshot = MappingProxyType(snapshot)
 
     def _prepare(
         self, name: str, number: int, folder: Path
