@@ -12,7 +12,7 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3
     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection structlog \
     jsonschema jsonschema-specifications referencing rpds-py fastapi starlette python-multipart \
     uvicorn grpcio==1.81.1 protobuf==6.33.6 grpcio-health-checking==1.81.1 \
-    grpcio-reflection==1.81.1 tritonclient==2.73.0 python-rapidjson
+    grpcio-reflection==1.81.1 tritonclient==2.73.0 python-rapidjson opentelemetry-api importlib-metadata
 (cd "$ROOT" && uv build --all-packages --wheel --out-dir "$house" --quiet)
 ort="$ROOT/.device/ort"
 if [ ! -f "$ort/part-aa" ]; then
