@@ -63,6 +63,10 @@ def main(repo: Path) -> None:
 
     ort.preload_dlls() if hasattr(ort, "preload_dlls") else None
     print("onnxruntime", ort.__version__, ort.get_available_providers())
+    # The server's log goes to a file: a pipe nobody reads fills up after a few hundred access-log
+    # lines and then blocks the server mid-request (a first version of this check did exactly that).
+    log_path = repo.parent / "serve-check.log"
+    log_file = open(log_path, "w")  # noqa: SIM115 - closed after the server exits
     server = subprocess.Popen(
         [
             sys.executable,
@@ -77,16 +81,18 @@ def main(repo: Path) -> None:
             "--set",
             "batching.max_queue_delay_ms=0",
         ],
-        stdout=subprocess.PIPE,
+        stdout=log_file,
         stderr=subprocess.STDOUT,
         text=True,
     )
     line = ""
     deadline = time.time() + 180
     while time.time() < deadline and "REST on" not in line:
-        line = server.stdout.readline()
-        if line and "REST on" not in line and ("error" in line.lower() or "warn" in line.lower()):
-            print("server:", line.strip()[:300])
+        time.sleep(0.5)
+        line = next((x for x in log_path.read_text().splitlines() if "REST on" in x), "")
+        if server.poll() is not None:
+            print(log_path.read_text()[-3000:])
+            raise SystemExit("the server exited before it was ready")
     http = line.split("REST on ")[1].split(",")[0]
     address = line.split("gRPC on ")[1].strip()
     print(line.strip())
@@ -155,6 +161,7 @@ def main(repo: Path) -> None:
         )
     server.terminate()
     print(f"server exit code after SIGTERM: {server.wait(60)}")
+    log_file.close()
     print()
     print(
         f"{'model':12} {'prec':5} {'served on':22} {'max|diff| vs CPU':>16} "
