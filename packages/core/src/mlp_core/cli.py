@@ -29,7 +29,6 @@ KNOWN_COMMANDS = {
     "export": "mlp-serve[export]",
     "serve": "mlp-serve",
     "predict": "mlp-serve",
-    "demo": "mlp-serve[export] mlp-train",
 }
 
 EXIT_OK = 0
@@ -101,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f"pip install --upgrade '{package}'"
         else:
             message = f"`mlp {name}` is provided by {package}, which is not installed"
-            hint = f"pip install '{package}'" if " " not in package else f"pip install {package}"
+            hint = f"pip install '{package}'"
         print(f"mlp: {message}.\n  hint: {hint}", file=sys.stderr)
         return EXIT_USAGE
 
