@@ -20,6 +20,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -263,15 +264,8 @@ class InferenceCore:
                 with self.metrics.track_request(label, version or "", protocol) as tracking:
                     tracking.status = status_label(exc)
                     raise
-            with self.metrics.track_request(name, str(entry.version), protocol) as tracking:
-                try:
-                    return await self._infer(entry, request)
-                except InferenceError as exc:
-                    tracking.status = status_label(exc)
-                    raise
-                except Exception as exc:  # a bug here must still be an answer, not a crash
-                    log.exception("inference failed unexpectedly", model=name)
-                    raise InferenceError(f"internal error: {type(exc).__name__}: {exc}") from exc
+            with self._answered(entry, protocol):
+                return await self._infer(entry, request)
         finally:
             self._leave()
 
@@ -292,19 +286,25 @@ class InferenceCore:
         try:
             if self._stopping:
                 return None
-            with self.metrics.track_request(name, str(entry.version), protocol) as tracking:
-                try:
-                    feeds, names = self._validate(entry, request)
-                    results = runner.run_in_thread(feeds, names)
-                    return self._response(entry, request, names, results)
-                except InferenceError as exc:
-                    tracking.status = status_label(exc)
-                    raise
-                except Exception as exc:  # a bug here must still be an answer, not a crash
-                    log.exception("inference failed unexpectedly", model=name)
-                    raise InferenceError(f"internal error: {type(exc).__name__}: {exc}") from exc
+            with self._answered(entry, protocol):
+                feeds, names = self._validate(entry, request)
+                results = runner.run_in_thread(feeds, names)
+                return self._response(entry, request, names, results)
         finally:
             self._leave()
+
+    @contextlib.contextmanager
+    def _answered(self, entry: ModelVersion, protocol: str) -> Iterator[None]:
+        """Counts and times one request; every failure leaves as an :class:`InferenceError`."""
+        with self.metrics.track_request(entry.name, str(entry.version), protocol) as tracking:
+            try:
+                yield
+            except InferenceError as exc:
+                tracking.status = status_label(exc)
+                raise
+            except Exception as exc:  # a bug here must still be an answer, not a crash
+                log.exception("inference failed unexpectedly", model=entry.name)
+                raise InferenceError(f"internal error: {type(exc).__name__}: {exc}") from exc
 
     def _lookup(self, name: str, version: str | None) -> ModelVersion:
         if self._stopping:
