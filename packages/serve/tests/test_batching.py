@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 from conftest import B, W, cpu_config, linear_model, slow_model, write_bundle
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -96,3 +97,35 @@ def test_batching_off_runs_each_request_alone(repo):
         config_doc = httpx.get(f"{server.http_url}/v2/models/linear/config").json()
         assert "dynamic_batching" not in config_doc
         assert config_doc["max_batch_size"] == 64  # still the request limit
+
+
+def test_grpc_and_rest_requests_share_one_batcher(repo):
+    # gRPC calls queue from grpc's call threads, REST ones from the loop: both reach the same
+    # batcher, and every answer holds its own rows.
+    write_bundle(repo, "slow", 1, slow_model(steps=40, width=None), manifest=False)
+    with BackgroundServer(repo, cpu_config()) as server:
+        assert server.ports is not None and server.ports.grpc_address is not None
+        address = server.ports.grpc_address
+
+        def over_grpc(x: np.ndarray) -> np.ndarray:
+            with triton_grpc.InferenceServerClient(address) as client:
+                tensor = triton_grpc.InferInput("x", list(x.shape), "FP32")
+                tensor.set_data_from_numpy(x)
+                return client.infer("slow", [tensor]).as_numpy("y")
+
+        def over_rest(x: np.ndarray) -> np.ndarray:
+            response = post(server.http_url, "slow", x)
+            assert response.status_code == 200, response.text
+            return output(response)
+
+        inputs = [np.full((1 + i % 2, 4), i, dtype=np.float32) for i in range(24)]
+        with ThreadPoolExecutor(len(inputs)) as pool:
+            calls = [
+                pool.submit(over_grpc if i % 3 else over_rest, x) for i, x in enumerate(inputs)
+            ]
+            results = [call.result() for call in calls]
+        for x, y in zip(inputs, results):
+            np.testing.assert_array_equal(y, x)
+        executions, rows = batch_sizes(server.http_url, "slow")
+        assert rows == sum(len(x) for x in inputs)
+        assert executions < len(inputs)

@@ -1,24 +1,34 @@
 """Dynamic batching: concurrent requests to one model merged into one onnxruntime run.
 
-A request joins its model's queue; one worker per model takes the oldest request, waits at most
-``max_queue_delay_ms`` for others it can be stacked with (same input datatypes and non-batch
-axes) up to ``max_batch_size`` rows, runs them as one batch in a thread and hands each request
-its own rows back, in order. One batch per model runs at a time, so requests that arrive while
-it runs form the next one. With a delay of 0 (the default, as in Triton) the worker never waits:
-a lone request runs at once, and under load each batch is what queued while the previous ran. The queue is bounded: a request that finds it full is refused at once
+A request joins its model's queue. Batches are formed and run by whichever caller finds no batch
+in progress: it becomes the *leader*, takes the oldest request and every queued one it can be
+stacked with (same input datatypes and non-batch axes) up to ``max_batch_size`` rows, waits at
+most ``max_queue_delay_ms`` (counted from the oldest request's arrival) for more, runs them as one
+batch and hands each request its own rows back, in order. One batch per model runs at a time, so
+requests that arrive while it runs form the next one. With a delay of 0 (the default, as in
+Triton) nobody waits: a lone request runs at once, and under load each batch is what queued while
+the previous one ran. The queue is bounded: a request that finds it full is refused at once
 (:class:`QueueFull`, HTTP 503) rather than waiting without bound.
 
-With batching off, :class:`DirectRunner` runs each request on its own, still in a thread, so the
-event loop is never blocked by onnxruntime: in the executor for a request that arrives on the
-loop, or in the caller's own thread (:meth:`DirectRunner.run_in_thread`, the gRPC front end's
-call threads), as onnxruntime sessions may run in several threads at once.
+Who leads (flat combining, no dedicated thread): a caller in a thread of its own (the gRPC front
+end's call threads, :meth:`DynamicBatcher.run_in_thread`) leads in that thread until its own
+request is answered, then hands the lead to the next waiting caller thread, so batches never
+wait for a hop to another thread. A caller on the event loop (:meth:`DynamicBatcher.submit`, the
+REST front end) never blocks the loop: when it finds nobody leading, a thread of the executor
+leads until the queue is empty. Both kinds of caller share one queue, so REST and gRPC requests
+to a model are batched together.
+
+With batching off, :class:`DirectRunner` runs each request on its own, still off the event loop:
+in the executor for a request that arrives on the loop, or in the caller's own thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -26,8 +36,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlp_obs.log import get_logger
 from mlp_serve.config import BatchingConfig
 from mlp_serve.errors import InferenceError, ModelUnavailable, QueueFull
+
+log = get_logger(__name__)
 
 Arrays = dict[str, np.ndarray]
 RunFn = Callable[[Arrays, Sequence[str]], Arrays]
@@ -41,12 +54,35 @@ class RunFailed(InferenceError):
 
 @dataclass(eq=False)
 class _Pending:
+    """One request in the queue, and how its caller learns the outcome.
+
+    A caller in a thread blocks on ``waiter`` (a lock held until the request is answered or the
+    caller is made leader); a caller on the loop awaits ``future``.
+    """
+
     feeds: Arrays
     outputs: tuple[str, ...]
     rows: int
     key: tuple
-    future: asyncio.Future
+    waiter: threading.Lock | None = None
+    future: asyncio.Future | None = None
+    loop: asyncio.AbstractEventLoop | None = None
     enqueued: float = field(default_factory=time.perf_counter)
+    result: Arrays | None = None
+    error: InferenceError | None = None
+    answered: bool = False
+    promoted: bool = False  # told to lead (its waiter released without an answer)
+
+    @property
+    def abandoned(self) -> bool:
+        # A loop caller that went away (the client disconnected): its rows need not run.
+        return self.future is not None and self.future.cancelled()
+
+    def outcome(self) -> Arrays:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 def _batch_key(feeds: Arrays) -> tuple:
@@ -55,7 +91,7 @@ def _batch_key(feeds: Arrays) -> tuple:
 
 
 class DirectRunner:
-    """Runs each request on its own in the executor (batching off, or a model that cannot batch)."""
+    """Runs each request on its own (batching off, or a model that cannot batch)."""
 
     def __init__(self, run: RunFn, executor: Executor, observe: ObserveFn) -> None:
         self._run = run
@@ -101,7 +137,11 @@ class DirectRunner:
 
 
 class DynamicBatcher:
-    """Queues requests to one model and runs them in merged batches (see the module docstring)."""
+    """Queues requests to one model and runs them in merged batches (see the module docstring).
+
+    Thread-safe: the queue and the lead are guarded by one lock, held only to queue and to take
+    a batch, never while onnxruntime runs.
+    """
 
     def __init__(
         self, run: RunFn, executor: Executor, config: BatchingConfig, observe: ObserveFn
@@ -110,89 +150,161 @@ class DynamicBatcher:
         self._executor = executor
         self._config = config
         self._observe = observe
+        self._lock = threading.Lock()
+        # Notified when enough rows queued to fill the batch the leader waits on (rows it holds
+        # in ``_waiting_rows``): waking it for every arrival would cost a thread switch each.
+        self._arrival = threading.Condition(self._lock)
+        self._leader_waiting = False
+        self._waiting_rows = 0
+        self._queued_rows = 0
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._wakeup = asyncio.Event()
+        self._leading = False
         self._closing = False
-        self._worker: asyncio.Task | None = None
+        self._idle = threading.Event()  # set while nobody leads and nothing is queued
+        self._idle.set()
 
     @property
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def run_in_thread(self, feeds: Arrays, outputs: Sequence[str]) -> Arrays:
+        """The request's outputs, waited for in the calling thread (never the event loop's),
+        which may lead batches meanwhile.
+
+        A caller that found the model in the repository's snapshot just before it was replaced
+        is still answered: the session lives until the last request that holds it is done.
+        """
+        pending = _Pending(feeds, tuple(outputs), _rows(feeds), _batch_key(feeds))
+        pending.waiter = threading.Lock()
+        pending.waiter.acquire()
+        if not self._enqueue(pending, refuse_when_closing=False):
+            pending.waiter.acquire()  # released once: answered, or made leader
+            if not pending.promoted:
+                return pending.outcome()
+        self._lead(pending)
+        return pending.outcome()
+
     async def submit(self, feeds: Arrays, outputs: Sequence[str]) -> Arrays:
-        if self._closing:
-            raise ModelUnavailable("the model is being unloaded")
-        if len(self._queue) >= self._config.max_queue_size:
-            raise QueueFull(
-                f"the model's queue is full ({self._config.max_queue_size} requests waiting)",
-                hint="Retry after a moment, or raise serve.batching.max_queue_size.",
-            )
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work())
-        rows = int(next(iter(feeds.values())).shape[0])
-        pending = _Pending(
-            feeds,
-            tuple(outputs),
-            rows,
-            _batch_key(feeds),
-            asyncio.get_running_loop().create_future(),
-        )
-        self._queue.append(pending)
-        self._wakeup.set()
+        loop = asyncio.get_running_loop()
+        pending = _Pending(feeds, tuple(outputs), _rows(feeds), _batch_key(feeds))
+        pending.future, pending.loop = loop.create_future(), loop
+        if self._enqueue(pending, refuse_when_closing=True):
+            self._lead_elsewhere()
         return await pending.future
 
     async def close(self) -> None:
-        """Refuse new requests, finish the queued ones, stop the worker."""
-        self._closing = True
-        self._wakeup.set()
-        if self._worker is not None:
-            await self._worker
+        """Refuse new requests, let the queued ones finish."""
+        with self._lock:
+            self._closing = True
+            self._arrival.notify_all()
+        await asyncio.get_running_loop().run_in_executor(None, self._idle.wait)
 
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
+    # -- queue -----------------------------------------------------------------------------
+
+    def _enqueue(self, pending: _Pending, *, refuse_when_closing: bool) -> bool:
+        """Queue ``pending``; True if its caller must lead (nobody else is)."""
+        with self._lock:
+            if self._closing and refuse_when_closing:
+                raise ModelUnavailable("the model is being unloaded")
+            if len(self._queue) >= self._config.max_queue_size:
+                raise QueueFull(
+                    f"the model's queue is full ({self._config.max_queue_size} requests waiting)",
+                    hint="Retry after a moment, or raise serve.batching.max_queue_size.",
+                )
+            self._queue.append(pending)
+            self._queued_rows += pending.rows
+            if (
+                self._leader_waiting
+                and self._waiting_rows + self._queued_rows >= self._config.max_batch_size
+            ):
+                self._arrival.notify()
+            if self._leading:
+                return False
+            self._leading = True
+            self._idle.clear()
+            return True
+
+    def _lead_elsewhere(self) -> None:
+        """Lead from a thread of the executor (for callers on the loop, which must not block)."""
+        try:
+            self._executor.submit(self._lead, None)
+        except RuntimeError:  # the executor is shut down: the server is stopping
+            self._fail_queued(ModelUnavailable("the server is shutting down"))
+
+    def _lead(self, mine: _Pending | None) -> None:
+        """Run batches until ``mine`` is answered (or, for ``None``, the queue is empty), then
+        pass the lead on."""
         while True:
-            if not self._queue:
-                if self._closing:
+            batch = self._take_batch()
+            if batch:
+                self._execute(batch, mine)
+            with self._lock:
+                if mine is not None and not mine.answered:
+                    continue
+                if not self._queue:
+                    self._leading = False
+                    self._idle.set()
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
+                if mine is None:
+                    continue
+                successor = next((p for p in self._queue if p.waiter is not None), None)
+                if successor is not None:
+                    successor.promoted = True
+                    successor.waiter.release()  # type: ignore[union-attr]
+                    return
+            # Only loop callers are queued: a thread of the executor takes over.
+            self._lead_elsewhere()
+            return
+
+    def _take_batch(self) -> list[_Pending]:
+        """The oldest queued request and those that stack with it, after the queue delay."""
+        with self._lock:
+            while self._queue and self._queue[0].abandoned:
+                self._queued_rows -= self._queue.popleft().rows
+            if not self._queue:
+                return []
             first = self._queue.popleft()
-            batch, rows = [first], first.rows
-            deadline = loop.time() + self._config.max_queue_delay_ms / 1000.0
-            while True:
-                rows = self._take_matching(batch, rows)
-                remaining = deadline - loop.time()
-                if rows >= self._config.max_batch_size or remaining <= 0 or self._closing:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except asyncio.TimeoutError:
-                    self._take_matching(batch, rows)
-                    break
-            await self._execute(batch)
+            self._queued_rows -= first.rows
+            batch = [first]
+            rows = self._take_matching(batch, first.rows)
+            delay = self._config.max_queue_delay_ms / 1000.0
+            if delay > 0:
+                deadline = first.enqueued + delay
+                while rows < self._config.max_batch_size and not self._closing:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._leader_waiting, self._waiting_rows = True, rows
+                    try:
+                        self._arrival.wait(remaining)
+                    finally:
+                        self._leader_waiting = False
+                    rows = self._take_matching(batch, rows)
+            return batch
 
     def _take_matching(self, batch: list[_Pending], rows: int) -> int:
         """Move the queued requests that stack with ``batch`` and still fit into it."""
         key, limit = batch[0].key, self._config.max_batch_size
         kept: collections.deque[_Pending] = collections.deque()
-        while self._queue:
-            pending = self._queue.popleft()
-            if pending.future.done():  # its caller went away
-                continue
-            if pending.key == key and rows + pending.rows <= limit:
+        for pending in self._queue:
+            if pending.abandoned:
+                self._queued_rows -= pending.rows
+            elif pending.key == key and rows + pending.rows <= limit:
                 batch.append(pending)
                 rows += pending.rows
+                self._queued_rows -= pending.rows
             else:
                 kept.append(pending)
         self._queue = kept
         return rows
 
-    async def _execute(self, batch: list[_Pending]) -> None:
-        batch = [p for p in batch if not p.future.done()]
-        if not batch:
-            return
+    # -- running ---------------------------------------------------------------------------
+
+    def _execute(self, batch: list[_Pending], mine: _Pending | None) -> None:
         names = list(batch[0].feeds)
         feeds = (
             batch[0].feeds
@@ -201,26 +313,60 @@ class DynamicBatcher:
         )
         outputs = list(dict.fromkeys(name for p in batch for name in p.outputs))
         total = sum(p.rows for p in batch)
-
-        def run() -> tuple[Arrays, float, float]:
-            start = time.perf_counter()
-            results = _run_safely(self._run, feeds, outputs)
-            return results, start, time.perf_counter() - start
-
+        started = time.perf_counter()
         try:
-            results, started, compute = await asyncio.get_running_loop().run_in_executor(
-                self._executor, run
-            )
+            results = _run_safely(self._run, feeds, outputs)
+            compute = time.perf_counter() - started
             parts = _split(results, [p.rows for p in batch], total)
         except InferenceError as exc:
             for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+                self._answer(pending, None, exc, mine)
             return
-        self._observe(total, compute, [started - p.enqueued for p in batch])
+        except Exception as exc:  # a bug here must still answer every caller
+            error = InferenceError(f"internal error: {type(exc).__name__}: {exc}")
+            for pending in batch:
+                self._answer(pending, None, error, mine)
+            return
+        try:
+            self._observe(total, compute, [started - p.enqueued for p in batch])
+        except Exception:  # metrics must never leave a caller unanswered
+            log.exception("recording a batch's metrics failed")
         for pending, part in zip(batch, parts):
-            if not pending.future.done():
-                pending.future.set_result({n: part[n] for n in pending.outputs})
+            self._answer(pending, {n: part[n] for n in pending.outputs}, None, mine)
+
+    @staticmethod
+    def _answer(
+        pending: _Pending,
+        result: Arrays | None,
+        error: InferenceError | None,
+        mine: _Pending | None,
+    ) -> None:
+        pending.result, pending.error, pending.answered = result, error, True
+        if pending.waiter is not None:
+            if pending is not mine:  # the leader's own caller is not waiting: it is running
+                pending.waiter.release()
+        elif pending.loop is not None and pending.future is not None:
+            # A closed loop (RuntimeError): nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                pending.loop.call_soon_threadsafe(_settle, pending.future, result, error)
+
+    def _fail_queued(self, error: InferenceError) -> None:
+        with self._lock:
+            queued, self._queue = list(self._queue), collections.deque()
+            self._queued_rows = 0
+            self._leading = False
+            self._idle.set()
+        for pending in queued:
+            self._answer(pending, None, error, None)
+
+
+def _settle(future: asyncio.Future, result: Arrays | None, error: InferenceError | None) -> None:
+    if future.done():  # cancelled: its caller went away
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _rows(feeds: Arrays) -> int:

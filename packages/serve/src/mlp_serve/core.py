@@ -7,9 +7,10 @@ translates its wire format; it never touches onnxruntime. Every failure of a req
 HTTP status and gRPC code to answer with.
 
 The core lives on one event loop. :meth:`InferenceCore.infer_in_thread` is the one entry meant
-for other threads (the gRPC front end's call threads): it answers a request to a model without
-dynamic batching in the calling thread, reading the repository's snapshot, and counts the
-request in flight under a lock, so that :meth:`InferenceCore.stop` waits for it too.
+for other threads (the gRPC front end's call threads): it answers a request in the calling
+thread, reading the repository's snapshot and going through the model's runner (a batcher
+shared with the loop's requests, or a direct run), and counts the request in flight under a
+lock, so that :meth:`InferenceCore.stop` waits for it too.
 """
 
 from __future__ import annotations
@@ -273,14 +274,14 @@ class InferenceCore:
         self, name: str, version: str | None, request: InferRequest, protocol: str
     ) -> InferResponse | None:
         """:meth:`infer` in the calling thread (not the loop's), or None where it must run on the
-        loop: a model with dynamic batching, one not ready (the loop says why), or a stop begun.
+        loop: a model not ready (the loop says why), being unloaded, or a stop begun.
 
         Thread-safe: the model comes from the repository's snapshot, onnxruntime sessions run in
-        several threads at once, and the metrics and the in-flight count take their locks.
+        several threads at once, the batchers are thread-safe (this thread may lead batches that
+        hold other callers' requests), and the metrics and the in-flight count take their locks.
         """
         entry = self.repository.ready_version(name, version)
-        runner = entry.runner if entry is not None else None
-        if not isinstance(runner, DirectRunner) or runner.closed:
+        if entry is None or entry.runner.closed:
             return None
         self._enter()
         try:
@@ -288,7 +289,7 @@ class InferenceCore:
                 return None
             with self._answered(entry, protocol):
                 feeds, names = self._validate(entry, request)
-                results = runner.run_in_thread(feeds, names)
+                results = entry.runner.run_in_thread(feeds, names)
                 return self._response(entry, request, names, results)
         finally:
             self._leave()

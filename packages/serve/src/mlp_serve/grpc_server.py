@@ -13,11 +13,12 @@ decoded here rather than by grpc, so malformed bytes are INVALID_ARGUMENT, not I
 
 The server is grpc's synchronous one: calls are answered in a small pool of threads. grpc.aio's
 own per-call overhead is about twice the sync server's on one core, which makes it the bottleneck
-of a small model's serving. Decoding and encoding messages happen in the call's thread. An
-inference request to a model without dynamic batching is answered entirely there too
-(:meth:`InferenceCore.infer_in_thread`: validation and onnxruntime in the call's thread, no hop
-to the loop and back). Everything else that touches the core (batched models, errors about
-models that are not ready, metadata, health) is handed to the asyncio loop the core lives on
+of a small model's serving. Decoding and encoding messages happen in the call's thread, and so
+does inference (:meth:`InferenceCore.infer_in_thread`: validation, then the model's runner,
+no hop to the loop and back). With dynamic batching the call's thread waits in the model's
+batcher, or leads it: runs the batch that holds its request and other callers' (see
+:mod:`mlp_serve.batching`). Everything else that touches the core (errors about models that are
+not ready, metadata, health) is handed to the asyncio loop the core lives on
 (``asyncio.run_coroutine_threadsafe``) and waited for.
 """
 
@@ -57,8 +58,8 @@ PROTOCOL = "grpc"
 # Probes answer without a token, as Kubernetes and load balancers call them without one.
 UNAUTHENTICATED_METHODS = frozenset({"ServerLive", "ServerReady"})
 WATCH_POLL_SECONDS = 1.0
-# Threads answering calls. Requests beyond them wait in grpc's queue, not in the batcher, so this
-# bounds how many requests one batch can merge (a client at concurrency 16 needs 16).
+# Threads answering calls. A call waits for its batch in its thread; requests beyond them wait in
+# grpc's queue, not in the batcher, so this bounds how many gRPC requests one batch can merge.
 GRPC_WORKERS = 32
 
 log = get_logger(__name__)
@@ -337,7 +338,7 @@ class InferenceServicer:
             raise
         name, version = request.model_name, request.model_version or None
         response = self.core.infer_in_thread(name, version, decoded, PROTOCOL)
-        if response is None:  # batched, not ready, or stopping: the loop answers
+        if response is None:  # not ready, unloading, or stopping: the loop answers
             response = self.bridge.run(
                 self.core.infer(name, version, decoded, protocol=PROTOCOL), context
             )

@@ -1,0 +1,190 @@
+"""The dynamic batcher on its own: callers in threads (gRPC's) and on the loop (REST's).
+
+The batcher's run function here is plain Python that records every batch it is given, so each
+test can say exactly which rows ran together; the server-level tests run onnxruntime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from mlp_serve.batching import DynamicBatcher, RunFailed
+from mlp_serve.config import BatchingConfig
+from mlp_serve.errors import ModelUnavailable, QueueFull
+
+
+class Recorder:
+    """y = 2x, after ``seconds``; fails for a batch holding a row of ``poison``."""
+
+    def __init__(self, seconds: float = 0.0, poison: float | None = None) -> None:
+        self.seconds = seconds
+        self.poison = poison
+        self.batches: list[int] = []
+        self.observed: list[tuple[int, int]] = []  # (rows, requests) per batch
+        self.running = 0
+        self.most_running = 0
+        self._lock = threading.Lock()
+
+    def run(self, feeds, outputs):
+        x = feeds["x"]
+        with self._lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            time.sleep(self.seconds)
+            if self.poison is not None and np.any(x == self.poison):
+                raise ValueError("poisoned row")
+            self.batches.append(len(x))
+            return {"y": x * 2}
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def observe(self, rows: int, compute: float, waits: list[float]) -> None:
+        self.observed.append((rows, len(waits)))
+
+
+def batcher(recorder: Recorder, executor: ThreadPoolExecutor, **config) -> DynamicBatcher:
+    return DynamicBatcher(recorder.run, executor, BatchingConfig(**config), recorder.observe)
+
+
+def rows(value: float, count: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.full((count, 3), value, dtype=np.float32)}
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(4) as pool:
+        yield pool
+
+
+def test_thread_callers_merge_and_each_gets_its_own_rows(executor):
+    recorder = Recorder(seconds=0.002)
+    runner = batcher(recorder, executor)
+
+    def call(i: int) -> np.ndarray:
+        return runner.run_in_thread(rows(i, 1 + i % 3), ["y"])["y"]
+
+    with ThreadPoolExecutor(16) as callers:
+        results = list(callers.map(call, range(200)))
+    for i, y in enumerate(results):
+        np.testing.assert_array_equal(y, np.full((1 + i % 3, 3), 2 * i, np.float32))
+    assert sum(recorder.batches) == sum(1 + i % 3 for i in range(200))  # every row ran once
+    assert len(recorder.batches) < 200  # requests shared runs
+    assert recorder.most_running == 1  # one batch at a time
+    assert [r for r, _ in recorder.observed] == recorder.batches
+    assert sum(n for _, n in recorder.observed) == 200
+    assert runner.queued == 0
+
+
+def test_loop_and_thread_callers_share_batches(executor):
+    recorder = Recorder(seconds=0.003)
+    runner = batcher(recorder, executor)
+
+    async def main() -> tuple[list, list]:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(8) as callers:
+            threaded = [
+                loop.run_in_executor(callers, runner.run_in_thread, rows(i), ["y"])
+                for i in range(40)
+            ]
+            on_loop = [runner.submit(rows(100 + i), ["y"]) for i in range(40)]
+            return await asyncio.gather(*threaded), await asyncio.gather(*on_loop)
+
+    threaded, on_loop = asyncio.run(main())
+    for i, result in enumerate(threaded):
+        np.testing.assert_array_equal(result["y"], rows(2 * i)["x"])
+    for i, result in enumerate(on_loop):
+        np.testing.assert_array_equal(result["y"], rows(2 * (100 + i))["x"])
+    assert sum(recorder.batches) == 80
+    assert len(recorder.batches) < 80
+
+
+def test_a_failed_batch_fails_its_callers_only_and_the_batcher_goes_on(executor):
+    recorder = Recorder(seconds=0.001, poison=-1.0)
+    runner = batcher(recorder, executor)
+
+    def call(i: int):
+        try:
+            return runner.run_in_thread(rows(-1.0 if i == 7 else i), ["y"])["y"]
+        except RunFailed as exc:
+            return exc
+
+    with ThreadPoolExecutor(8) as callers:
+        results = list(callers.map(call, range(64)))
+    failed = [i for i, r in enumerate(results) if isinstance(r, RunFailed)]
+    assert 7 in failed
+    assert all("poisoned row" in str(results[i]) for i in failed)
+    for i, result in enumerate(results):
+        if i not in failed:
+            np.testing.assert_array_equal(result, rows(2 * i)["x"])
+    np.testing.assert_array_equal(runner.run_in_thread(rows(5), ["y"])["y"], rows(10)["x"])
+
+
+def test_the_queue_delay_holds_a_batch_until_it_is_full(executor):
+    # Four callers, a batch of at most four rows, a long delay: the fourth arrival fills the
+    # batch and wakes the leader, long before the delay is over.
+    recorder = Recorder()
+    runner = batcher(recorder, executor, max_batch_size=4, max_queue_delay_ms=5000)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4) as callers:
+        results = list(callers.map(lambda i: runner.run_in_thread(rows(i), ["y"]), range(4)))
+    assert time.perf_counter() - started < 4.0
+    assert recorder.batches == [4]
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result["y"], rows(2 * i)["x"])
+
+
+def test_a_lone_request_waits_out_the_delay_then_runs(executor):
+    recorder = Recorder()
+    runner = batcher(recorder, executor, max_queue_delay_ms=50)
+    started = time.perf_counter()
+    np.testing.assert_array_equal(runner.run_in_thread(rows(3), ["y"])["y"], rows(6)["x"])
+    assert time.perf_counter() - started >= 0.05
+    assert recorder.batches == [1]
+
+
+def test_a_full_queue_refuses_at_once(executor):
+    recorder = Recorder(seconds=0.05)
+    runner = batcher(recorder, executor, max_batch_size=1, max_queue_size=1)
+    outcomes: list[object] = []
+
+    def call(i: int) -> None:
+        try:
+            outcomes.append(runner.run_in_thread(rows(i), ["y"]))
+        except QueueFull as exc:
+            outcomes.append(exc)
+
+    with ThreadPoolExecutor(6) as callers:
+        list(callers.map(call, range(6)))
+    refused = [o for o in outcomes if isinstance(o, QueueFull)]
+    assert refused and "queue is full" in str(refused[0])
+    assert len(outcomes) == 6
+    assert runner.run_in_thread(rows(1), ["y"])["y"][0, 0] == 2  # and it recovers
+
+
+def test_close_finishes_what_is_queued_then_refuses_loop_callers(executor):
+    recorder = Recorder(seconds=0.01)
+    runner = batcher(recorder, executor, max_batch_size=1)
+
+    async def main() -> list:
+        queued = [asyncio.ensure_future(runner.submit(rows(i), ["y"])) for i in range(5)]
+        await asyncio.sleep(0)  # let them queue
+        await runner.close()
+        assert all(f.done() for f in queued)  # close waited for every queued request
+        with pytest.raises(ModelUnavailable):
+            await runner.submit(rows(9), ["y"])
+        return [f.result()["y"] for f in queued]
+
+    results = asyncio.run(main())
+    for i, y in enumerate(results):
+        np.testing.assert_array_equal(y, rows(2 * i)["x"])
+    assert runner.closed
+    # A thread that found the model just before it was replaced is still answered.
+    np.testing.assert_array_equal(runner.run_in_thread(rows(4), ["y"])["y"], rows(8)["x"])
