@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import h2load_client  # beside this script, which Python puts first on sys.path
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -182,9 +183,11 @@ class Server:
             self.process.wait(5)
 
 
-def mlp_server(repo: Path, provider: str, batching: bool, logs: Path) -> Server:
+def mlp_server(
+    repo: Path, provider: str, batching: bool, logs: Path, queue_delay_ms: float = 0.0
+) -> Server:
     http_port, grpc_port = free_port(), free_port()
-    label = "mlp" if batching else "mlp-nobatch"
+    label = "mlp-nobatch" if not batching else "mlp-delay" if queue_delay_ms else "mlp"
     return Server(
         label,
         [
@@ -207,6 +210,8 @@ def mlp_server(repo: Path, provider: str, batching: bool, logs: Path) -> Server:
             "inter_op_threads=1",
             "--set",
             f"batching.enabled={str(batching).lower()}",
+            "--set",
+            f"batching.max_queue_delay_ms={queue_delay_ms}",
         ],
         "/v2/health/ready",
         http_port,
@@ -435,10 +440,14 @@ class Target:
     server: str  # inproc, mlp, mlp-nobatch, fastapi, kserve
     protocol: str  # -, rest, grpc
     connect: Callable[[], Call]
+    h2load: h2load_client.Request | None = None  # the same request, for h2load (servers only)
     results: dict[int, list[CellResult]] = field(default_factory=dict)
+    queue_delay_ms: float = 0.0
 
     @property
     def batching(self) -> str:
+        if self.server == "mlp-delay":
+            return f"on {self.queue_delay_ms:g}ms"
         return "on" if self.server == "mlp" else "off"
 
     @property
@@ -452,6 +461,7 @@ def make_targets(
     provider: str,
     servers: dict[str, Server],
     closers: list[Callable[[], None]],
+    queue_delay_ms: float,
 ) -> list[Target]:
     rng = np.random.default_rng(1)
     targets = []
@@ -482,18 +492,25 @@ def make_targets(
                 check = matches(decode_plain_json, f"{label} {spec.name}")
                 verify_rest(server.http_port, path, body, check)
                 connect = rest_caller(server.http_port, path, body)
-                targets.append(Target(spec.name, label, "rest", connect))
+                h2 = h2load_client.rest_request(f"http://127.0.0.1:{server.http_port}{path}", body)
+                targets.append(Target(spec.name, label, "rest", connect, h2))
                 continue
+            delay = queue_delay_ms if label == "mlp-delay" else 0.0
             path = f"/v2/models/{spec.name}/infer"
             check = matches(decode_v2_json, f"{label} REST {spec.name}")
             verify_rest(server.http_port, path, v2_body, check)
             connect = rest_caller(server.http_port, path, v2_body)
-            targets.append(Target(spec.name, label, "rest", connect))
+            url = f"http://127.0.0.1:{server.http_port}{path}"
+            h2 = h2load_client.rest_request(url, v2_body)
+            targets.append(Target(spec.name, label, "rest", connect, h2, queue_delay_ms=delay))
             if server.grpc_port is not None:
                 connect, close = grpc_caller(server.grpc_port, g_body)
                 closers.append(close)
-                verify_grpc(server.grpc_port, g_body, matches(decode_grpc, f"{label} gRPC"))
-                targets.append(Target(spec.name, label, "grpc", connect))
+                check = matches(decode_grpc, f"{label} gRPC")
+                answer = verify_grpc(server.grpc_port, g_body, check)
+                url = f"http://127.0.0.1:{server.grpc_port}{MODEL_INFER}"
+                h2 = h2load_client.grpc_request(url, g_body, answer)
+                targets.append(Target(spec.name, label, "grpc", connect, h2, queue_delay_ms=delay))
     return targets
 
 
@@ -505,9 +522,12 @@ def verify_rest(port: int, path: str, body: bytes, check: Callable[[bytes], None
         conn.close()
 
 
-def verify_grpc(port: int, body: bytes, check: Callable[[bytes], None]) -> None:
+def verify_grpc(port: int, body: bytes, check: Callable[[bytes], None]) -> bytes:
+    """The server's (checked) answer to ``body``."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        check(channel.unary_unary(MODEL_INFER)(body, timeout=30))
+        answer = channel.unary_unary(MODEL_INFER)(body, timeout=30)
+    check(answer)
+    return answer
 
 
 def run_rounds(targets: list[Target], args: argparse.Namespace) -> None:
@@ -518,13 +538,23 @@ def run_rounds(targets: list[Target], args: argparse.Namespace) -> None:
         order = cells[shift:] + cells[:shift]
         started = time.perf_counter()
         for target, concurrency in order:
-            result = run_cell(
-                target.connect,
-                concurrency,
-                args.requests,
-                args.seconds,
-                warmup=max(3, args.warmup // concurrency),
-            )
+            if args.load == "h2load" and target.h2load is not None:
+                measured = h2load_client.run(target.h2load, concurrency, args.seconds, args.warmup)
+                result = CellResult(
+                    measured.requests,
+                    measured.seconds,
+                    measured.latencies,
+                    measured.errors,
+                    measured.client_cpu,
+                )
+            else:
+                result = run_cell(
+                    target.connect,
+                    concurrency,
+                    args.requests,
+                    args.seconds,
+                    warmup=max(3, args.warmup // concurrency),
+                )
             target.results.setdefault(concurrency, []).append(result)
         print(
             f"round {round_ + 1}/{args.rounds}: {len(order)} cells in "
@@ -580,7 +610,7 @@ def print_goals(table: dict, specs: tuple[ModelSpec, ...], high: int, low: int) 
         fastapi = table.get((m, "fastapi", "rest", high))
         kserve = table.get((m, "kserve", "grpc", high)) or table.get((m, "kserve", "rest", high))
         kserve_proto = "gRPC" if (m, "kserve", "grpc", high) in table else "REST"
-        for server in ("mlp", "mlp-nobatch"):
+        for server in ("mlp", "mlp-delay", "mlp-nobatch"):
             ours = table.get((m, server, "grpc", high))
             if ours is None:
                 continue
@@ -601,7 +631,7 @@ def print_goals(table: dict, specs: tuple[ModelSpec, ...], high: int, low: int) 
             continue
         cells = [
             f"{server} {proto} +{table[k].p50 - base.p50:.3f} ms"
-            for server in ("mlp", "mlp-nobatch", "fastapi", "kserve")
+            for server in ("mlp", "mlp-delay", "mlp-nobatch", "fastapi", "kserve")
             for proto in ("rest", "grpc")
             if (k := (spec.name, server, proto, low)) in table
         ]
@@ -618,8 +648,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a one-minute smoke run")
     parser.add_argument("--provider", default=CPU, help="onnxruntime execution provider")
     parser.add_argument("--rounds", type=int, default=5, help="rounds over every cell")
-    parser.add_argument("--requests", type=int, default=1000, help="requests per cell")
-    parser.add_argument("--seconds", type=float, default=2.0, help="time bound of one cell")
+    parser.add_argument(
+        "--load",
+        choices=["auto", "h2load", "python"],
+        default="auto",
+        help="load generator for the servers: h2load (C; auto when installed) or Python threads",
+    )
+    parser.add_argument(
+        "--queue-delay-ms",
+        type=float,
+        default=1.0,
+        help="max_queue_delay_ms of our server's third variant (mlp-delay)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=1000, help="requests per cell (Python load only)"
+    )
+    parser.add_argument("--seconds", type=float, default=1.0, help="time bound of one cell")
     parser.add_argument("--warmup", type=int, default=48, help="warm-up requests per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--server-core", type=int, default=0)
@@ -630,7 +674,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.requests, args.seconds, args.warmup = 1, 300, 0.6, 16
+        args.rounds, args.requests, args.seconds, args.warmup = 1, 300, 0.5, 16
+    if args.load == "auto":
+        args.load = "h2load" if h2load_client.find() else "python"
     cores = len(os.sched_getaffinity(0))
     pinned = not args.no_pin and cores >= 2
     server_core = args.server_core if pinned else None
@@ -648,6 +694,8 @@ def main() -> None:
         f"{args.requests} requests or {args.seconds} s per cell",
         flush=True,
     )
+    load = "h2load (C)" if args.load == "h2load" else "Python threads in this process"
+    print(f"load generator for the servers: {load}; in-process cells: Python", flush=True)
     for spec in MODELS:
         print(f"  {spec.name}: {spec.layers} ({spec.parameters:,} parameters)")
 
@@ -657,6 +705,7 @@ def main() -> None:
         write_repository(repo)
         servers = {
             "mlp": mlp_server(repo, args.provider, True, logs),
+            "mlp-delay": mlp_server(repo, args.provider, True, logs, args.queue_delay_ms),
             "mlp-nobatch": mlp_server(repo, args.provider, False, logs),
             "fastapi": plain_server(repo, args.provider, logs),
         }
@@ -671,7 +720,9 @@ def main() -> None:
             for server in servers.values():
                 server.wait_ready()
             report_providers(servers["mlp"])
-            targets = make_targets(MODELS, repo, args.provider, servers, closers)
+            targets = make_targets(
+                MODELS, repo, args.provider, servers, closers, args.queue_delay_ms
+            )
             started = time.perf_counter()
             run_rounds(targets, args)
             print(f"measured in {time.perf_counter() - started:.0f} s\n")

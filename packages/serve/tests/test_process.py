@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import re
 import signal
@@ -13,10 +15,11 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import slow_model, write_bundle
+from conftest import cpu_config, linear_model, slow_model, write_bundle
 
 from mlp_core.errors import ConfigError
 from mlp_serve.config import load_serve_config
+from mlp_serve.server import serve_async
 
 STARTUP = re.compile(r"mlp serve: REST on (http://\S+), gRPC on (\S+)")
 
@@ -129,3 +132,30 @@ def test_serve_config_from_a_section_a_bare_file_and_overrides(tmp_path):
     assert str(bare) in info.value.message
     with pytest.raises(ConfigError):
         load_serve_config(tmp_path / "missing.yaml")
+
+
+def test_a_serving_process_freezes_its_startup_objects_out_of_the_collectors_way(repo):
+    # `mlp serve` (serve_async with freeze_gc) moves what startup loaded to the collector's
+    # permanent generation before it says it is serving; in-process servers leave the GC alone.
+    write_bundle(repo, "linear", 1, linear_model())
+    frozen_when_ready: list[int] = []
+
+    async def main(freeze: bool) -> None:
+        stop = asyncio.Event()
+
+        def ready(_ports) -> None:
+            frozen_when_ready.append(gc.get_freeze_count())
+            stop.set()
+
+        await serve_async(
+            repo, cpu_config(), stop=stop, on_ready=ready, handle_signals=False, freeze_gc=freeze
+        )
+
+    gc.unfreeze()
+    try:
+        asyncio.run(main(freeze=False))
+        asyncio.run(main(freeze=True))
+    finally:
+        gc.unfreeze()
+    assert frozen_when_ready[0] == 0
+    assert frozen_when_ready[1] > 10_000  # modules, the apps, the loaded model

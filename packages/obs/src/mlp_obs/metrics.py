@@ -13,11 +13,9 @@ tests and embedded uses keep their own; production code uses the module's :data:
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import psutil
@@ -112,11 +110,36 @@ class TrainingMetrics:
         self.steps.labels(run).inc(n)
 
 
-@dataclass
 class RequestTracking:
-    """What :meth:`InferenceMetrics.track_request` yields: set ``status`` to record a failure."""
+    """One request being answered (:meth:`InferenceMetrics.track_request`): set ``status`` to
+    record a failure. A plain class, not a generator context manager: it runs on every request
+    of a server's hot path."""
 
-    status: str = OK
+    __slots__ = ("_duration", "_in_flight", "_key", "_metrics", "_start", "status")
+
+    def __init__(
+        self, metrics: InferenceMetrics, key: tuple[str, str, str], in_flight: Any, duration: Any
+    ) -> None:
+        self.status = OK
+        self._metrics = metrics
+        self._key = key
+        self._in_flight = in_flight
+        self._duration = duration
+        self._start = 0.0
+
+    def __enter__(self) -> RequestTracking:
+        self._in_flight.inc()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        # Cancellations and disconnects are failures too; a status the caller already set
+        # (e.g. "invalid_input") says more than the generic one.
+        if kind is not None and self.status == OK:
+            self.status = ERROR
+        self._duration.observe(time.perf_counter() - self._start)
+        self._metrics._count(self._key, self.status)
+        self._in_flight.dec()
 
 
 class InferenceMetrics:
@@ -181,34 +204,25 @@ class InferenceMetrics:
         self._counter_children: dict[tuple[str, str, str, str], Any] = {}
         self._batch_children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
 
-    @contextlib.contextmanager
-    def track_request(self, model: str, version: str, protocol: str) -> Iterator[RequestTracking]:
-        """Count, time and label one request; an exception records status ``error``."""
-        tracking = RequestTracking()
+    def track_request(self, model: str, version: str, protocol: str) -> RequestTracking:
+        """Count, time and label one request: ``with metrics.track_request(...) as tracking``.
+
+        An exception records status ``error``, unless the caller set a more telling one
+        (``tracking.status = "invalid_input"``).
+        """
         key = (model, version, protocol)
         children = self._request_children.get(key)
         if children is None:
             children = (self.in_flight.labels(*key), self.request_duration.labels(*key))
             self._request_children[key] = children
-        in_flight, duration = children
-        in_flight.inc()
-        start = time.perf_counter()
-        try:
-            yield tracking
-        except BaseException:
-            # Cancellations and disconnects are failures too; a status the caller already set
-            # (e.g. "invalid_input") says more than the generic one.
-            if tracking.status == OK:
-                tracking.status = ERROR
-            raise
-        finally:
-            duration.observe(time.perf_counter() - start)
-            counter_key = (model, version, protocol, tracking.status)
-            counter = self._counter_children.get(counter_key)
-            if counter is None:
-                counter = self._counter_children[counter_key] = self.requests.labels(*counter_key)
-            counter.inc()
-            in_flight.dec()
+        return RequestTracking(self, key, *children)
+
+    def _count(self, key: tuple[str, str, str], status: str) -> None:
+        counter_key = (*key, status)
+        counter = self._counter_children.get(counter_key)
+        if counter is None:
+            counter = self._counter_children[counter_key] = self.requests.labels(*counter_key)
+        counter.inc()
 
     def observe_batch(
         self,

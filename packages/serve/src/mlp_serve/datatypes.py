@@ -23,6 +23,7 @@ _TO_NUMPY: dict[str, np.dtype] = {
     "BYTES": np.dtype(object),
 }
 DATATYPES = tuple(_TO_NUMPY)
+_FROM_NUMPY = {dtype: name for name, dtype in _TO_NUMPY.items() if name != "BYTES"}
 
 # onnxruntime's type strings ("tensor(float)") -> KServe v2 names.
 _FROM_ONNX = {
@@ -53,11 +54,11 @@ def to_numpy_dtype(datatype: str) -> np.dtype:
 
 def from_numpy_dtype(dtype: np.dtype) -> str:
     dtype = np.dtype(dtype)
+    name = _FROM_NUMPY.get(dtype)
+    if name is not None:
+        return name
     if dtype.kind in "OSU":
         return "BYTES"
-    for name, candidate in _TO_NUMPY.items():
-        if candidate == dtype:
-            return name
     raise ServingError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -67,8 +68,13 @@ async def serve_async(
     on_ready: Callable[[BoundPorts], None] | None = None,
     drain_seconds: float = DRAIN_SECONDS,
     handle_signals: bool = True,
+    freeze_gc: bool = False,
 ) -> None:
-    """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``handle_signals``), then drain."""
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``handle_signals``), then drain.
+
+    ``freeze_gc`` (for a process that only serves, as ``mlp serve`` is) takes everything loaded
+    at startup out of the garbage collector's sight: see :func:`freeze_startup_objects`.
+    """
     stop = stop or asyncio.Event()
     registry = CollectorRegistry()
     register_system_metrics(registry)
@@ -99,6 +105,8 @@ async def serve_async(
         ports = BoundPorts(
             config.host, sock.getsockname()[1], getattr(grpc_server, "mlp_port", None)
         )
+        if freeze_gc:
+            freeze_startup_objects()
         print(ports.describe(), flush=True)
         log.info("serving", rest=ports.http_url, grpc=ports.grpc_address)
         if on_ready is not None:
@@ -124,8 +132,21 @@ def serve(
     repository: str | os.PathLike[str], config: ServeConfig, drain_seconds: float = DRAIN_SECONDS
 ) -> int:
     """Run the server in this process until SIGTERM or SIGINT; returns the exit status."""
-    asyncio.run(serve_async(repository, config, drain_seconds=drain_seconds))
+    asyncio.run(serve_async(repository, config, drain_seconds=drain_seconds, freeze_gc=True))
     return 0
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive now (modules, apps, loaded models) to the collector's permanent
+    generation, which its collections skip.
+
+    They live as long as the process. Left in view, each full collection walks all of them: under
+    load that paused every request for about 45 ms a few times a second (REST at concurrency 16
+    on one core: p99 48 ms, p90 6 ms; frozen: p99 10 ms, and 13% more requests/s).
+    """
+    gc.collect()
+    gc.freeze()
+    log.debug("startup objects frozen", objects=gc.get_freeze_count())
 
 
 class BackgroundServer:
