@@ -99,11 +99,10 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
             raise InvalidInput(f"input {tensor.name!r} appears more than once in the request")
         seen.add(tensor.name)
         datatype, shape = _checked_signature(tensor.name, tensor.datatype, tensor.shape)
-        has_contents = tensor.HasField("contents") and any(
-            len(getattr(tensor.contents, field)) for field in _ALL_CONTENTS_FIELDS
-        )
         if raw:
-            if has_contents:
+            if tensor.HasField("contents") and any(
+                len(getattr(tensor.contents, field)) for field in _ALL_CONTENTS_FIELDS
+            ):
                 raise InvalidInput(
                     f"input {tensor.name!r} has both typed contents and raw_input_contents; "
                     "a request uses one or the other for all its inputs"
@@ -131,8 +130,8 @@ def _checked_signature(name: str, datatype: str, shape: Iterable[int]) -> tuple[
         raise InvalidInput(
             f"input {name!r} has datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
         )
-    dims = [int(d) for d in shape]
-    if any(d < 0 for d in dims):
+    dims = list(shape)  # protobuf gives ints already
+    if dims and min(dims) < 0:
         raise InvalidInput(f"input {name!r} has shape {dims}: dimensions must not be negative")
     return datatype, dims
 
@@ -214,7 +213,7 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
     for tensor in response.outputs:
         data = np.asarray(tensor.data)
         entry = message.outputs.add(name=tensor.name, datatype=tensor.datatype)
-        entry.shape.extend(int(d) for d in data.shape)
+        entry.shape.extend(data.shape)
         encode_parameters(entry.parameters, tensor.parameters)
         message.raw_output_contents.append(array_to_raw(data, tensor.datatype))
     return message
@@ -247,6 +246,8 @@ def decode_infer_response(message: pb.ModelInferResponse) -> InferResponse:
 
 def decode_parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
     decoded: dict[str, Any] = {}
+    if not parameters:  # the common case, and iterating an empty protobuf map is not free
+        return decoded
     for key, parameter in parameters.items():
         choice = parameter.WhichOneof("parameter_choice")
         if choice is not None:
@@ -256,6 +257,8 @@ def decode_parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, 
 
 def encode_parameters(target: Any, parameters: Mapping[str, Any]) -> None:
     """Fill a ``map<string, InferParameter>`` field; values beyond its types go as JSON text."""
+    if not parameters:
+        return
     for key, value in parameters.items():
         entry = target[str(key)]
         if isinstance(value, bool | np.bool_):

@@ -6,6 +6,7 @@ a 4-byte little-endian length followed by that many bytes, which is what tritonc
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 
@@ -15,6 +16,11 @@ from mlp_serve.datatypes import element_size, to_numpy_dtype
 from mlp_serve.errors import InvalidInput
 
 _LENGTH = struct.Struct("<I")
+
+
+@functools.cache
+def _little_endian(datatype: str) -> np.dtype:
+    return to_numpy_dtype(datatype).newbyteorder("<")
 
 
 def array_from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
@@ -28,7 +34,7 @@ def array_from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np
             f"input {name!r}: {len(raw)} bytes of data, but {datatype} {shape} needs "
             f"{count * size} ({count} elements of {size} bytes)"
         )
-    return np.frombuffer(raw, dtype=to_numpy_dtype(datatype).newbyteorder("<")).reshape(shape)
+    return np.frombuffer(raw, dtype=_little_endian(datatype)).reshape(shape)
 
 
 def _strings_from_raw(name: str, shape: list[int], count: int, raw: bytes) -> np.ndarray:
@@ -60,8 +66,7 @@ def _strings_from_raw(name: str, shape: list[int], count: int, raw: bytes) -> np
 def array_to_raw(array: np.ndarray, datatype: str) -> bytes:
     """``array`` as raw bytes in the layout :func:`array_from_raw` reads."""
     if datatype != "BYTES":
-        dtype = to_numpy_dtype(datatype).newbyteorder("<")
-        return np.ascontiguousarray(array, dtype=dtype).tobytes()
+        return np.ascontiguousarray(array, dtype=_little_endian(datatype)).tobytes()
     parts = []
     for value in np.asarray(array, dtype=object).flat:
         data = as_bytes(value)
