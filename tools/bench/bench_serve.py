@@ -4,13 +4,14 @@ server and KServe's Python model server, over REST and gRPC, with and without dy
 Two seeded MLPs built here with onnx.helper (about 10k and 1M parameters, FP32 [-1, F] -> [-1, C])
 are written as a bare model repository and served by every server at once, each server a
 subprocess pinned to one core (``--server-core``), all with onnxruntime's intra-op threads at 1.
-The load generator runs in this process, pinned to another core (``--client-core``): a fixed
-number of requests of one row each per cell, after a warm-up, from 1 and from 16 threads, each
-thread with its own keep-alive connection (REST) or all sharing one channel (gRPC). Request bodies
-are encoded once, so the client spends its time on the wire, not in encoding. Cells run in
-rounds, in a rotated order each round, and each number printed is the median over the rounds.
+The load generator, pinned to another core (``--client-core``), is h2load when installed
+(``h2load_client.py``; ``--load python`` for threads of this process): one row per request, for
+``--seconds`` per cell after a warm-up, at concurrency 1 and 16, REST over one keep-alive
+connection per concurrent client, gRPC over one shared HTTP/2 connection. Request bodies are
+encoded once. Cells run in rounds, in a rotated order each round, and each number printed is the
+median over the rounds.
 
-    .venvs/serve/bin/python tools/bench/bench_serve.py            # about 3 minutes on 2 cores
+    .venvs/serve/bin/python tools/bench/bench_serve.py            # about 4 minutes on 2 cores
     .venvs/serve/bin/python tools/bench/bench_serve.py --quick    # about 30 seconds
     .venvs/serve/bin/python tools/bench/bench_serve.py --provider CUDAExecutionProvider
 

@@ -88,7 +88,9 @@ def run(request: Request, concurrency: int, seconds: float, warmup: int) -> Meas
         _h2load([*common, "-n", str(max(warmup, concurrency)), request.url])
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        output = _h2load([*common, "-D", f"{round(seconds * 1000)}ms", "--log-file", str(log), request.url])
+        output = _h2load(
+            [*common, "-D", f"{round(seconds * 1000)}ms", "--log-file", str(log), request.url]
+        )
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         latencies = [int(line.split("\t")[2]) / 1e6 for line in log.read_text().splitlines()]
