@@ -188,3 +188,24 @@ def test_close_finishes_what_is_queued_then_refuses_loop_callers(executor):
     assert runner.closed
     # A thread that found the model just before it was replaced is still answered.
     np.testing.assert_array_equal(runner.run_in_thread(rows(4), ["y"])["y"], rows(8)["x"])
+
+
+def test_a_loop_caller_that_went_away_is_not_run(executor):
+    # A REST client that disconnects cancels its request's future: while still queued, its rows
+    # are dropped from the batch instead of run for nobody.
+    recorder = Recorder(seconds=0.05)
+    runner = batcher(recorder, executor, max_batch_size=1)
+
+    async def main() -> list:
+        first = asyncio.ensure_future(runner.submit(rows(1), ["y"]))
+        await asyncio.sleep(0.01)  # the first runs; the next ones queue behind it
+        gone = asyncio.ensure_future(runner.submit(rows(2), ["y"]))
+        kept = asyncio.ensure_future(runner.submit(rows(3), ["y"]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        return [await first, await kept]
+
+    first, kept = asyncio.run(main())
+    np.testing.assert_array_equal(first["y"], rows(2)["x"])
+    np.testing.assert_array_equal(kept["y"], rows(6)["x"])
+    assert recorder.batches == [1, 1]  # the cancelled request never ran
