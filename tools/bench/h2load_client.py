@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 JSON_HEADERS = ("content-type: application/json",)
 
@@ -127,7 +125,3 @@ def _duration(output: str) -> float:
         raise RuntimeError(f"unexpected h2load output:\n{output[-1500:]}")
     scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[found[2]]
     return float(found[1]) * scale
-
-
-def percentile_ms(latencies: list[float], q: float) -> float:
-    return float(np.percentile(latencies, q)) * 1000 if latencies else float("nan")
