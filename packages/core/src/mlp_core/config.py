@@ -68,6 +68,13 @@ class TrainingSection(Section):
 
 
 class ServeSection(Section):
+    """Where a server listens. mlp-serve's ``ServeConfig`` subclasses this section with the
+    rest of its keys (models, batching, providers, limits, auth) and forbids unknown ones there;
+    a command that does not serve (``mlp train``) keeps those keys as given, so one file can
+    drive training, export and serving."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
     host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535)

@@ -11,7 +11,7 @@ from mlp_obs.tracking.base import END_STATUSES, FAILED, FINISHED, KILLED, Experi
 from mlp_obs.tracking.composite import CompositeTracker
 from mlp_obs.tracking.defaults import default_tags, tracking_uri
 from mlp_obs.tracking.factory import BACKENDS, create_tracker
-from mlp_obs.tracking.jsonl_tracker import JsonlTracker, read_events
+from mlp_obs.tracking.jsonl_tracker import JsonlTracker, read_events, tracked_run_id
 from mlp_obs.tracking.mlflow_tracker import MlflowTracker
 
 __all__ = [
@@ -27,5 +27,6 @@ __all__ = [
     "create_tracker",
     "default_tags",
     "read_events",
+    "tracked_run_id",
     "tracking_uri",
 ]

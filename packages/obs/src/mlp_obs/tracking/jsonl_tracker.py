@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mlp_core.runs import RunFiles
 from mlp_obs.tracking.base import (
     FINISHED,
     ExperimentTracker,
@@ -19,7 +20,7 @@ from mlp_obs.tracking.base import (
     tag_strings,
 )
 
-FILENAME = "tracking.jsonl"
+FILENAME = RunFiles.TRACKING
 
 
 class JsonlTracker(ExperimentTracker):
@@ -90,7 +91,27 @@ class JsonlTracker(ExperimentTracker):
 
 
 def read_events(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The events recorded in ``run_dir/tracking.jsonl``, oldest first."""
+    """The events recorded in ``run_dir/tracking.jsonl``, oldest first; none if there is no
+    record. A torn last line (a killed run) is skipped: the rest of the record still counts."""
     path = Path(run_dir) / FILENAME
+    if not path.exists():
+        return []
+    events = []
     with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for line in handle:
+            try:
+                event = json.loads(line) if line.strip() else None
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+    return events
+
+
+def tracked_run_id(run_dir: str | os.PathLike[str]) -> str | None:
+    """The tracker's run id for ``run_dir`` (its first ``start_run`` event), if it was tracked:
+    a resumed run continues it, an exporter logs the model to it."""
+    for event in read_events(run_dir):
+        if event.get("event") == "start_run" and event.get("run_id"):
+            return str(event["run_id"])
+    return None

@@ -1,0 +1,167 @@
+"""The evaluation transform of an image model, as typed data, and its one reference ``apply``.
+
+mlp-data writes this spec from its torchvision evaluation transform; an exporter puts it into a
+bundle's manifest; a server, which has no torch, reads it back and must feed the model exactly
+what evaluation fed it. :meth:`ImageEvalSpec.apply` is that reference, with Pillow and numpy
+only, and mlp-data's tests compare its torch transform against it:
+
+1. ``image.convert(color_mode)`` ("RGB" or "L"; Pillow's ITU-R 601-2 luma for "L");
+2. geometry, by ``resize_mode``:
+   ``resize_crop``: resize with Pillow (an int ``resize_size`` sets the shorter side and the
+   longer one becomes ``int(size * long / short)``; a pair ``[h, w]`` sets both), then centre crop
+   to ``crop_size`` ``[h, w]``, zero padding first where the crop is larger, the corner at
+   ``round((size - crop) / 2)`` (halves to even, as Python rounds);
+3. pixels to float32 times ``scale`` (1/255), then ``(x - mean) / std`` per channel;
+4. layout ``CHW`` in ``channel_order``.
+
+The geometry is one step chosen by ``resize_mode`` so that another one (detection's letterbox:
+resize keeping the aspect ratio, pad to the model's size) joins as a new mode with its own keys
+while steps 1, 3 and 4 stay shared. Pillow is imported only by :meth:`~ImageEvalSpec.apply`
+(``pip install 'mlp-core[image]'``), so reading and checking a spec needs numpy alone.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlp_core.errors import DataError, MissingDependencyError, MlpError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+SPEC_KIND = "image"
+SPEC_VERSION = 1
+ColorMode = Literal["RGB", "L"]
+Interpolation = Literal["nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"]
+CHANNEL_ORDER: dict[str, tuple[str, ...]] = {"RGB": ("R", "G", "B"), "L": ("L",)}
+
+
+class ImageEvalSpec(BaseModel):
+    """What evaluation does to one decoded image; JSON-ready with :meth:`to_dict`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["image"] = SPEC_KIND
+    version: Literal[1] = SPEC_VERSION
+    color_mode: ColorMode
+    resize_mode: Literal["resize_crop"] = "resize_crop"
+    resize_size: int | tuple[int, int] = Field(..., description="shorter side, or [h, w]")
+    interpolation: Interpolation = "bilinear"
+    crop_size: tuple[int, int]
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channel_order: tuple[str, ...] = Field(
+        (), description="channel names of the model input; empty: the colour mode's"
+    )
+    layout: Literal["CHW"] = "CHW"
+    dtype: Literal["float32"] = "float32"
+    input_dtype: Literal["uint8"] = Field("uint8", description="decoded pixels, before scaling")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImageEvalSpec:
+        channels = CHANNEL_ORDER[self.color_mode]
+        if not self.channel_order:
+            object.__setattr__(self, "channel_order", channels)
+        elif self.channel_order != channels:
+            raise ValueError(
+                f"channel_order {list(self.channel_order)} does not match color_mode "
+                f"{self.color_mode} ({list(channels)})"
+            )
+        if not len(self.mean) == len(self.std) == len(channels):
+            raise ValueError(f"mean and std need {len(channels)} values for {self.color_mode}")
+        if any(value == 0 for value in self.std):
+            raise ValueError("std must not hold zeros")
+        sizes = (self.resize_size,) if isinstance(self.resize_size, int) else self.resize_size
+        if any(size <= 0 for size in (*sizes, *self.crop_size)):
+            raise ValueError("resize_size and crop_size must be positive")
+        return self
+
+    @classmethod
+    def parse(
+        cls,
+        raw: Mapping[str, Any],
+        *,
+        error: type[MlpError] = DataError,
+        hint: str | None = None,
+        source: str = "image preprocessing spec",
+    ) -> ImageEvalSpec:
+        """The spec in ``raw``, or ``error`` naming every problem (the caller picks the type:
+        mlp-data raises a ``DataError``, a server a bundle error)."""
+        try:
+            return cls.model_validate(dict(raw))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in exc.errors()
+            )
+            raise error(f"invalid {source}: {problems}", hint=hint) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def channels(self) -> int:
+        return len(CHANNEL_ORDER[self.color_mode])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the model input."""
+        return (self.channels, *self.crop_size)
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """The ``(height, width)`` an image of ``height`` x ``width`` is resized to."""
+        size = self.resize_size
+        if isinstance(size, int):
+            short, long = min(height, width), max(height, width)
+            other = int(size * long / short)
+            return (size, other) if height <= width else (other, size)
+        return size
+
+    def apply(self, image: Image.Image) -> np.ndarray:
+        """The model input for one image: float32 ``[C, H, W]``, as evaluation produced it."""
+        resampling = _pil_resampling()
+        image = image.convert(self.color_mode)
+        height, width = self.resized_size(image.height, image.width)
+        image = image.resize((width, height), resample=resampling[self.interpolation])
+        pixels = np.asarray(image, dtype=np.uint8)
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        pixels = center_crop(pixels, *self.crop_size)
+        values = pixels.astype(np.float32) * np.float32(self.scale)
+        values = (values - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(values.transpose(2, 0, 1))
+
+
+def center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre crop ``[H, W, C]`` pixels to ``height`` x ``width``, zero padding first where the
+    crop is larger (the odd pixel of padding after, as torchvision pads)."""
+    pad_h, pad_w = max(height - pixels.shape[0], 0), max(width - pixels.shape[1], 0)
+    if pad_h or pad_w:
+        pixels = np.pad(
+            pixels, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0))
+        )
+    top = round((pixels.shape[0] - height) / 2.0)
+    left = round((pixels.shape[1] - width) / 2.0)
+    return pixels[top : top + height, left : left + width]
+
+
+@functools.cache
+def _pil_resampling() -> dict[str, Any]:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise MissingDependencyError("applying an image spec", "mlp-core[image]") from None
+    # Pillow's filters by the names torchvision's InterpolationMode uses.
+    return {
+        "nearest": Image.Resampling.NEAREST,
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "box": Image.Resampling.BOX,
+        "hamming": Image.Resampling.HAMMING,
+        "lanczos": Image.Resampling.LANCZOS,
+    }
