@@ -23,13 +23,13 @@ while steps 1, 3 and 4 stay shared. Pillow is imported only by :meth:`~ImageEval
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from mlp_core.errors import DataError, MissingDependencyError, MlpError
+from mlp_core.contract import Contract
+from mlp_core.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -41,10 +41,9 @@ Interpolation = Literal["nearest", "bilinear", "bicubic", "box", "hamming", "lan
 CHANNEL_ORDER: dict[str, tuple[str, ...]] = {"RGB": ("R", "G", "B"), "L": ("L",)}
 
 
-class ImageEvalSpec(BaseModel):
-    """What evaluation does to one decoded image; JSON-ready with :meth:`to_dict`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ImageEvalSpec(Contract):
+    """What evaluation does to one decoded image; read with ``ImageEvalSpec.parse(raw,
+    error=...)``, written with :meth:`to_dict`."""
 
     kind: Literal["image"] = SPEC_KIND
     version: Literal[1] = SPEC_VERSION
@@ -81,25 +80,6 @@ class ImageEvalSpec(BaseModel):
         if any(size <= 0 for size in (*sizes, *self.crop_size)):
             raise ValueError("resize_size and crop_size must be positive")
         return self
-
-    @classmethod
-    def parse(
-        cls,
-        raw: Mapping[str, Any],
-        *,
-        error: type[MlpError] = DataError,
-        hint: str | None = None,
-        source: str = "image preprocessing spec",
-    ) -> ImageEvalSpec:
-        """The spec in ``raw``, or ``error`` naming every problem (the caller picks the type:
-        mlp-data raises a ``DataError``, a server a bundle error)."""
-        try:
-            return cls.model_validate(dict(raw))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in exc.errors()
-            )
-            raise error(f"invalid {source}: {problems}", hint=hint) from None
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -33,9 +33,10 @@ from collections.abc import Mapping
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from mlp_core import batch
+from mlp_core.contract import Contract
 from mlp_core.errors import DataError, MlpError
 
 FORMAT = "mlp.tabular_preprocessor"
@@ -70,11 +71,7 @@ def category_key(value: Any) -> str | None:
     return str(value)
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PreprocessingOptions(_Frozen):
+class PreprocessingOptions(Contract):
     """How to impute, scale and encode; the fitted numbers live in the columns."""
 
     numeric_impute: NumericImpute = "mean"
@@ -86,7 +83,7 @@ class PreprocessingOptions(_Frozen):
     encoding: Encoding = "onehot"
 
 
-class NumericColumn(_Frozen):
+class NumericColumn(Contract):
     name: str
     fill_value: float = Field(allow_inf_nan=False)
     offset: float = Field(allow_inf_nan=False)
@@ -99,7 +96,7 @@ class NumericColumn(_Frozen):
         return self
 
 
-class CategoricalColumn(_Frozen):
+class CategoricalColumn(Contract):
     name: str
     categories: tuple[str, ...]
     fill_index: int = MISSING_INDEX
@@ -152,7 +149,7 @@ class CategoricalColumn(_Frozen):
         return self.lookup().get(raw, UNKNOWN_INDEX)
 
 
-class TabularPreprocessing(_Frozen):
+class TabularPreprocessing(Contract):
     """The whole document; :meth:`parse` checks one read from JSON."""
 
     format: Literal["mlp.tabular_preprocessor"] = FORMAT
@@ -172,22 +169,17 @@ class TabularPreprocessing(_Frozen):
         *,
         error: type[MlpError] = DataError,
         hint: str | None = None,
-        source: str = "tabular preprocessing",
+        source: str | None = None,
     ) -> TabularPreprocessing:
-        """The document in ``raw``, or ``error`` naming every problem."""
+        """The document in ``raw``, or ``error`` naming every problem; another format or
+        version is refused first, with what it is."""
         if raw.get("format") != FORMAT or raw.get("version") != VERSION:
             raise error(
-                f"{source}: expected a {FORMAT} version {VERSION} document, got "
-                f"format={raw.get('format')!r} version={raw.get('version')!r}",
+                f"{source or 'tabular preprocessing'}: expected a {FORMAT} version {VERSION} "
+                f"document, got format={raw.get('format')!r} version={raw.get('version')!r}",
                 hint=hint,
             )
-        try:
-            return cls.model_validate(dict(raw))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors()
-            )
-            raise error(f"{source}: malformed document: {problems}", hint=hint) from None
+        return super().parse(raw, error=error, hint=hint, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         document = self.model_dump(mode="json")
