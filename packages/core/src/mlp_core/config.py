@@ -23,8 +23,9 @@ what was expected and what was given.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar, overload
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,10 +46,10 @@ class Section(BaseModel):
 
 
 class DataSection(Section):
-    adapter: str = Field("csv", description="registered data adapter name")
-    path: Path | None = Field(None, description="file or folder the adapter reads")
-    batch_size: int = Field(32, gt=0)
-    num_workers: int = Field(0, ge=0)
+    adapter: str = Field(default="csv", description="registered data adapter name")
+    path: Path | None = Field(default=None, description="file or folder the adapter reads")
+    batch_size: int = Field(default=32, gt=0)
+    num_workers: int = Field(default=0, ge=0)
 
 
 class ModelSection(Section):
@@ -60,11 +61,11 @@ class ModelSection(Section):
 
 
 class TrainingSection(Section):
-    epochs: int = Field(10, gt=0)
-    seed: int = Field(42, ge=0, lt=2**32)
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    run_dir: Path = Field(Path("runs"), description="folder that holds the run folders")
-    experiment: str = Field("default", description="experiment name in the tracker")
+    epochs: int = Field(default=10, gt=0)
+    seed: int = Field(default=42, ge=0, lt=2**32)
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    run_dir: Path = Field(default=Path("runs"), description="folder that holds the run folders")
+    experiment: str = Field(default="default", description="experiment name in the tracker")
 
 
 class ServeSection(Section):
@@ -76,8 +77,8 @@ class ServeSection(Section):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     host: str = "127.0.0.1"
-    http_port: int = Field(8000, ge=0, le=65535)
-    grpc_port: int = Field(8001, ge=0, le=65535)
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
 
 
 class MlpConfig(BaseModel):
@@ -94,12 +95,23 @@ class MlpConfig(BaseModel):
 C = TypeVar("C", bound=BaseModel)
 
 
+# Without ``schema`` a config is an :class:`MlpConfig`; with it, an instance of that model.
+@overload
+def load_config(
+    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
+) -> MlpConfig: ...
+@overload
+def load_config(
+    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = (), *, schema: type[C]
+) -> C: ...
+
+
 def load_config(
     path: str | os.PathLike[str],
     overrides: list[str] | tuple[str, ...] = (),
     *,
-    schema: type[C] = MlpConfig,  # type: ignore[assignment]
-) -> C:
+    schema: type[BaseModel] = MlpConfig,
+) -> BaseModel:
     """Read, override and validate a config from a YAML file or a folder of section files."""
     raw, sources = _read(Path(path))
     apply_overrides(raw, overrides, sources)
@@ -124,12 +136,20 @@ def apply_overrides(
     return raw
 
 
+@overload
+def validate_config(raw: dict[str, Any], *, sources: dict[str, str] | None = None) -> MlpConfig: ...
+@overload
+def validate_config(
+    raw: dict[str, Any], *, schema: type[C], sources: dict[str, str] | None = None
+) -> C: ...
+
+
 def validate_config(
     raw: dict[str, Any],
     *,
-    schema: type[C] = MlpConfig,  # type: ignore[assignment]
+    schema: type[BaseModel] = MlpConfig,
     sources: dict[str, str] | None = None,
-) -> C:
+) -> BaseModel:
     """Validate a plain dict; ``sources`` maps a section to the file it came from."""
     try:
         return schema.model_validate(raw)
@@ -171,7 +191,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if _is_mapping(value) and value:
             flat.update(flatten(value, f"{dotted}."))
         else:
             flat[dotted] = value
@@ -233,7 +253,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
     if document is None:
         return {}
-    if not isinstance(document, dict):
+    if not _is_mapping(document):
         raise ConfigError(
             f"{path}: expected a mapping of keys to values, got {type(document).__name__}"
         )
@@ -268,7 +288,7 @@ def _apply_override(raw: dict[str, Any], sources: dict[str, str], override: str)
     node = raw
     for depth, key in enumerate(keys[:-1]):
         child = node.setdefault(key, {})
-        if not isinstance(child, dict):
+        if not _is_mapping(child):
             path = ".".join(keys[: depth + 1])
             raise ConfigError(
                 f"{OVERRIDE_SOURCE} {override!r}: {path} holds {child!r}, not a mapping"
@@ -282,7 +302,9 @@ def _apply_override(raw: dict[str, Any], sources: dict[str, str], override: str)
 # -- errors --------------------------------------------------------------------------------------
 
 
-def _describe(error: dict[str, Any], sources: dict[str, str], prefix: tuple[str, ...] = ()) -> str:
+def _describe(
+    error: Mapping[str, Any], sources: dict[str, str], prefix: tuple[str, ...] = ()
+) -> str:
     path = ".".join(str(part) for part in (*prefix, *error["loc"])) or "(top level)"
     source = _source_of(path, sources)
     expected = error["msg"]
@@ -291,6 +313,11 @@ def _describe(error: dict[str, Any], sources: dict[str, str], prefix: tuple[str,
     if error["type"] == "extra_forbidden":
         return f"{source}: {path}: unknown key (given {error['input']!r})"
     return f"{source}: {path}: {expected[0].lower()}{expected[1:]}; given {error['input']!r}"
+
+
+def _is_mapping(value: object) -> TypeGuard[dict[str, Any]]:
+    # YAML mappings and config sections are dicts keyed by strings.
+    return isinstance(value, dict)
 
 
 def _source_of(path: str, sources: dict[str, str]) -> str:

@@ -10,15 +10,15 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 _CHUNK = 1 << 20
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
+def atomic_writer(path: str | os.PathLike[str], mode: str = "wb") -> Generator[IO[Any], None, None]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_writer mode must be 'w' or 'wb', got {mode!r}")

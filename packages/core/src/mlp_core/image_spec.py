@@ -23,9 +23,10 @@ while steps 1, 3 and 4 stay shared. Pillow is imported only by :meth:`~ImageEval
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import Field, model_validator
 
 from mlp_core.contract import Contract
@@ -33,6 +34,8 @@ from mlp_core.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     from PIL import Image
+
+Pixel = TypeVar("Pixel", bound=np.generic)  # center_crop keeps the dtype it is given
 
 SPEC_KIND = "image"
 SPEC_VERSION = 1
@@ -60,7 +63,9 @@ class ImageEvalSpec(Contract):
     )
     layout: Literal["CHW"] = "CHW"
     dtype: Literal["float32"] = "float32"
-    input_dtype: Literal["uint8"] = Field("uint8", description="decoded pixels, before scaling")
+    input_dtype: Literal["uint8"] = Field(
+        default="uint8", description="decoded pixels, before scaling"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ImageEvalSpec:
@@ -102,7 +107,7 @@ class ImageEvalSpec(Contract):
             return (size, other) if height <= width else (other, size)
         return size
 
-    def apply(self, image: Image.Image) -> np.ndarray:
+    def apply(self, image: Image.Image) -> npt.NDArray[np.float32]:
         """The model input for one image: float32 ``[C, H, W]``, as evaluation produced it."""
         resampling = _pil_resampling()
         image = image.convert(self.color_mode)
@@ -114,10 +119,10 @@ class ImageEvalSpec(Contract):
         pixels = center_crop(pixels, *self.crop_size)
         values = pixels.astype(np.float32) * np.float32(self.scale)
         values = (values - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(values.transpose(2, 0, 1))
+        return np.ascontiguousarray(np.transpose(values, (2, 0, 1)), dtype=np.float32)
 
 
-def center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+def center_crop(pixels: npt.NDArray[Pixel], height: int, width: int) -> npt.NDArray[Pixel]:
     """Centre crop ``[H, W, C]`` pixels to ``height`` x ``width``, zero padding first where the
     crop is larger (the odd pixel of padding after, as torchvision pads)."""
     pad_h, pad_w = max(height - pixels.shape[0], 0), max(width - pixels.shape[1], 0)

@@ -36,7 +36,7 @@ class Registry(Generic[T]):
     @overload
     def register(self, name: str, obj: T) -> T: ...
 
-    def register(self, name: str, obj: T | None = None):
+    def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; usable as ``@registry.register("name")``."""
 
         def add(item: T) -> T:

@@ -103,7 +103,9 @@ class CategoricalColumn(Contract):
     missing_index: Literal[0] = MISSING_INDEX
     unknown_index: Literal[1] = UNKNOWN_INDEX
     first_category_index: Literal[2] = FIRST_CATEGORY_INDEX
-    cardinality: int | None = Field(None, description="written for readers; checked on load")
+    cardinality: int | None = Field(
+        default=None, description="written for readers; checked on load"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CategoricalColumn:
@@ -160,7 +162,7 @@ class TabularPreprocessing(Contract):
     target_classes: tuple[str, ...] | None = None
     numeric: tuple[NumericColumn, ...] = ()
     categorical: tuple[CategoricalColumn, ...] = ()
-    outputs: dict[str, list[str]] | None = Field(None, description="written for readers")
+    outputs: dict[str, list[str]] | None = Field(default=None, description="written for readers")
 
     @classmethod
     def parse(

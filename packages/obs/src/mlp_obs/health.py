@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Union, overload
 
 from mlp_core.registry import Registry
 
@@ -62,7 +62,14 @@ class HealthChecks:
         self._registry: Registry[_Check | CheckFn] = Registry("health check", group=group)
         self._order: list[str] = []
 
-    def register(self, name: str, fn: CheckFn | None = None, *, critical: bool = True):
+    @overload
+    def register(self, name: str, *, critical: bool = True) -> Callable[[CheckFn], CheckFn]: ...
+    @overload
+    def register(self, name: str, fn: CheckFn, *, critical: bool = True) -> CheckFn: ...
+
+    def register(
+        self, name: str, fn: CheckFn | None = None, *, critical: bool = True
+    ) -> Callable[[CheckFn], CheckFn] | CheckFn:
         """Add a check; usable as ``@checks.register("name")``."""
 
         def add(check: CheckFn) -> CheckFn:

@@ -81,8 +81,9 @@ class MlflowTracker(ExperimentTracker):
         run = self.client.create_run(
             self._experiment_id(experiment), run_name=run_name, tags=tag_strings(tags)
         )
-        self._run_id = run.info.run_id
-        return self._run_id
+        created: str = run.info.run_id
+        self._run_id = created
+        return created
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
