@@ -9,7 +9,7 @@ import torch
 
 from mlp_core.batch import TARGET
 from mlp_models import BaseModel, create_model
-from mlp_models.backbones import BACKBONES
+from mlp_models.vision import BACKBONES
 
 TINY_IMAGE = 32
 
@@ -35,7 +35,7 @@ def tiny_model(name: str) -> BaseModel:
 
 def make_batch(model: BaseModel, batch_size: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
     """A batch dict with every input the model reads and a target fitting its task."""
-    spec = model.input_spec()
+    spec = model.signature()
     batch = dict(zip(spec.input_names, model.example_inputs(batch_size)))
     generator = torch.Generator().manual_seed(seed)
     width = spec.outputs[0].shape[1]

@@ -7,6 +7,7 @@ import torch
 from model_helpers import make_batch, tiny_model
 
 from mlp_models import BaseModel, list_models, load_model, read_model_file
+from mlp_models.dtypes import torch_dtype
 
 ALL_MODELS = list_models()
 
@@ -57,7 +58,7 @@ def test_train_step_backward_and_save_load_round_trip(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_validation_predict_and_input_spec(name):
+def test_validation_predict_and_signature(name):
     model = tiny_model(name)
     batch = make_batch(model, batch_size=3)
     model.train()
@@ -70,20 +71,20 @@ def test_validation_predict_and_input_spec(name):
     if model.task == "regression":
         assert predictions.shape[0] == 3
     else:
-        assert predictions.shape == (3, model.input_spec().outputs[0].shape[1])
+        assert predictions.shape == (3, model.signature().outputs[0].shape[1])
         assert torch.allclose(predictions.sum(dim=1), torch.ones(3))
         assert (predictions >= 0).all()
 
-    spec = model.input_spec()
+    spec = model.signature()
     examples = model.example_inputs(batch_size=3)
     assert [tuple(t.shape) for t in examples] == [s.concrete_shape(3) for s in spec.inputs]
-    assert [t.dtype for t in examples] == [s.torch_dtype for s in spec.inputs]
+    assert [t.dtype for t in examples] == [torch_dtype(s) for s in spec.inputs]
     assert all(s.shape[0] == -1 for s in (*spec.inputs, *spec.outputs))
     assert spec.dynamic_axes == {s.name: {0: "batch"} for s in (*spec.inputs, *spec.outputs)}
     with torch.no_grad():
         outputs = model.eval()(*examples)
     assert tuple(outputs.shape) == spec.outputs[0].concrete_shape(3)
-    assert outputs.dtype == spec.outputs[0].torch_dtype
+    assert outputs.dtype == torch_dtype(spec.outputs[0])
 
 
 # One model per layout (MLP, ResNet, features + classifier): exporting is slow on a CPU.

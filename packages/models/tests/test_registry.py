@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import sys
+import textwrap
+from importlib.metadata import entry_points
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -7,10 +11,10 @@ from torch import Tensor, nn
 import mlp_models.registry as registry_module
 from mlp_core.errors import ConfigError, ModelError, RegistryError
 from mlp_core.registry import Registry
+from mlp_core.tensors import ModelSignature, TensorSpec
 from mlp_models import (
     BaseModel,
-    InputSpec,
-    TensorSpec,
+    TabularModel,
     accepted_arguments,
     create_model,
     list_models,
@@ -18,6 +22,7 @@ from mlp_models import (
     register_model,
     vision,
 )
+from mlp_models.registry import PLUGIN_GROUP, PluginImportWarning
 
 
 def test_an_unknown_name_suggests_the_closest():
@@ -69,10 +74,10 @@ class _Linear(BaseModel):
     def get_config(self) -> dict:
         return {"width": self.width}
 
-    def input_spec(self) -> InputSpec:
-        return InputSpec(
-            inputs=(TensorSpec("numeric", "float32", (-1, self.width)),),
-            outputs=(TensorSpec("predictions", "float32", (-1, 1)),),
+    def signature(self) -> ModelSignature:
+        return ModelSignature(
+            inputs=(TensorSpec(name="numeric", datatype="FP32", shape=(-1, self.width)),),
+            outputs=(TensorSpec(name="predictions", datatype="FP32", shape=(-1, 1)),),
         )
 
     def forward(self, numeric: Tensor) -> Tensor:
@@ -81,9 +86,8 @@ class _Linear(BaseModel):
 
 @pytest.fixture
 def fresh_registry(monkeypatch):
-    # A registry of its own, so registering test models leaves the real one untouched; it
-    # still sees this package's entry points.
-    fresh = Registry("model", group="mlp.models")
+    # A registry of its own, so registering test models leaves the real one untouched.
+    fresh = Registry("model")
     monkeypatch.setattr(registry_module, "models", fresh)
     return fresh
 
@@ -98,10 +102,54 @@ def test_a_registered_model_is_created_saved_and_loaded_by_name(fresh_registry, 
     assert torch.equal(loaded.layer.weight, model.layer.weight)
 
 
-def test_the_built_in_models_are_also_found_through_entry_points(fresh_registry):
-    # Nothing is registered in the fresh registry: these names come from pyproject.toml.
-    assert {"tabular_mlp", "resnet18", "mobilenet_v3_large"} <= set(fresh_registry.names())
-    assert fresh_registry.get("resnet18") is vision.resnet18
+def test_each_built_in_model_is_registered_once_under_its_function_name():
+    # The entry points are for other distributions: mlp-models declares its models only with
+    # their decorators, and importing the package registers them.
+    assert not [
+        e for e in entry_points(group=PLUGIN_GROUP) if e.dist and e.dist.name == "mlp-models"
+    ]
+    assert registry_module.models.get("resnet18") is vision.resnet18
+    assert set(vision.BACKBONES) <= set(list_models())
+    assert "tabular_mlp" in list_models()
+
+
+@pytest.fixture
+def plugin_dist(tmp_path, monkeypatch, fresh_registry):
+    """An installed distribution whose entry point names a module that registers a model."""
+    (tmp_path / "fake_models.py").write_text(
+        textwrap.dedent(
+            """\
+            from mlp_models import register_model, TabularModel
+
+            register_model("plugin_mlp")(TabularModel)
+            """
+        )
+    )
+    info = tmp_path / "fake_models-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-models\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[mlp.models]\nfake_models = fake_models\nbroken = fake_models_missing\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry_module, "_imported", set())
+    monkeypatch.setattr(registry_module, "_failed", {})
+    yield
+    sys.modules.pop("fake_models", None)
+
+
+def test_a_plugin_module_registers_its_models_when_a_name_is_not_found(plugin_dist):
+    with pytest.warns(PluginImportWarning, match="fake_models_missing"):
+        model = create_model("plugin_mlp", num_numeric=2, num_classes=3)
+    assert isinstance(model, TabularModel)
+    assert "fake_models" in sys.modules
+    assert "plugin_mlp" in list_models()
+
+
+def test_an_unknown_name_lists_the_plugin_modules_that_failed(plugin_dist):
+    failed = pytest.raises(RegistryError, match="fake_models_missing: No module named")
+    with pytest.warns(PluginImportWarning), failed:
+        create_model("plugin_mpl")
 
 
 def test_a_factory_that_builds_something_else_is_a_model_error(fresh_registry):

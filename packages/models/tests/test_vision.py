@@ -6,7 +6,7 @@ from model_helpers import TINY_IMAGE, tiny_model
 
 from mlp_core.errors import ConfigError, ModelError
 from mlp_models import VisionModel, create_model, load_model
-from mlp_models.backbones import BACKBONES
+from mlp_models.vision import BACKBONES
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
@@ -105,7 +105,7 @@ def test_pretrained_rgb_filters_are_spread_over_other_channel_counts(tmp_path):
 def test_other_channel_counts_replace_the_first_conv(name):
     model = create_model(name, num_classes=2, in_channels=5, image_size=TINY_IMAGE)
     assert model.network.get_submodule(model.layout.first_conv).in_channels == 5
-    assert model.input_spec().inputs[0].shape == (-1, 5, TINY_IMAGE, TINY_IMAGE)
+    assert model.signature().inputs[0].shape == (-1, 5, TINY_IMAGE, TINY_IMAGE)
     assert model(torch.randn(2, 5, TINY_IMAGE, TINY_IMAGE)).shape == (2, 2)
 
 

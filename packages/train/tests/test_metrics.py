@@ -314,7 +314,7 @@ def test_metrics_for_builds_each_task_and_rejects_bad_arguments():
 
 
 def test_metric_names_cover_every_model_task_and_match_compute():
-    from mlp_models.tasks import TASKS
+    from mlp_core.tasks import TASKS
 
     assert set(METRIC_NAMES) == set(TASKS)
     logits, targets = classification_data(10, 40, 3)

@@ -1,11 +1,13 @@
 """mlp-models: the model registry and the model families of mlp.
 
 ``create_model(name, **kwargs)`` builds any registered model; ``load_model(path)`` rebuilds a
-saved one. Every model is a :class:`BaseModel`.
+saved one. Every model is a :class:`BaseModel`; its :meth:`BaseModel.signature` is an
+:class:`mlp_core.tensors.ModelSignature`. Importing this package registers the built-in models.
 """
 
 from importlib.metadata import version as _version
 
+from mlp_core.tasks import Task
 from mlp_models.base import BaseModel, ParameterCounts, StepResult
 from mlp_models.loading import load_model
 from mlp_models.model_file import ModelFile, read_model_file
@@ -16,22 +18,18 @@ from mlp_models.registry import (
     models,
     register_model,
 )
-from mlp_models.spec import InputSpec, TensorSpec
 from mlp_models.tabular import TabularModel, embedding_size
-from mlp_models.tasks import Task
 from mlp_models.vision import VisionModel
 
 __version__ = _version("mlp-models")
 
 __all__ = [
     "BaseModel",
-    "InputSpec",
     "ModelFile",
     "ParameterCounts",
     "StepResult",
     "TabularModel",
     "Task",
-    "TensorSpec",
     "VisionModel",
     "__version__",
     "accepted_arguments",

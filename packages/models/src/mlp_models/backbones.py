@@ -5,6 +5,8 @@ EfficientNet and MobileNetV3 have ``features`` (a stem conv, then blocks), ``avg
 ``classifier`` whose last Linear is the head. Naming the parts per family lets one forward pass
 checkpoint the stages, one freeze keep the classifier trainable, and one loader skip the head,
 without changing any parameter name (so torchvision state dicts load as they are).
+
+Which backbones exist is declared once, in :mod:`mlp_models.vision`, with ``@backbone``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
-from torchvision import models as tv
 
 _RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -41,10 +42,12 @@ def _resnet_stages(network: nn.Module) -> tuple[str, ...]:
 
 def _feature_blocks(network: nn.Module) -> tuple[str, ...]:
     # features.0 is the stem conv; every block after it is a stage.
-    return tuple(f"features.{index}" for index in range(1, len(network.get_submodule("features"))))
+    blocks = len(list(network.get_submodule("features").children()))
+    return tuple(f"features.{index}" for index in range(1, blocks))
 
 
-def _resnet(builder: Callable[..., nn.Module]) -> BackboneLayout:
+def resnet_layout(builder: Callable[..., nn.Module]) -> BackboneLayout:
+    """A torchvision ResNet: ``conv1 ... layer4, avgpool, fc``."""
     return BackboneLayout(
         builder=builder,
         stem=("conv1", "bn1", "relu", "maxpool"),
@@ -56,7 +59,8 @@ def _resnet(builder: Callable[..., nn.Module]) -> BackboneLayout:
     )
 
 
-def _features_net(builder: Callable[..., nn.Module], head: str) -> BackboneLayout:
+def features_layout(builder: Callable[..., nn.Module], *, head: str) -> BackboneLayout:
+    """A torchvision EfficientNet or MobileNet: ``features``, ``avgpool``, ``classifier``."""
     return BackboneLayout(
         builder=builder,
         stem=("features.0",),
@@ -66,13 +70,3 @@ def _features_net(builder: Callable[..., nn.Module], head: str) -> BackboneLayou
         head=head,
         first_conv="features.0.0",
     )
-
-
-BACKBONES: dict[str, BackboneLayout] = {
-    "resnet18": _resnet(tv.resnet18),
-    "resnet34": _resnet(tv.resnet34),
-    "resnet50": _resnet(tv.resnet50),
-    "efficientnet_b0": _features_net(tv.efficientnet_b0, head="classifier.1"),
-    "mobilenet_v3_small": _features_net(tv.mobilenet_v3_small, head="classifier.3"),
-    "mobilenet_v3_large": _features_net(tv.mobilenet_v3_large, head="classifier.3"),
-}

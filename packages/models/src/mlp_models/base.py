@@ -1,7 +1,7 @@
 """BaseModel: what every mlp model offers the trainer, the exporter and the user.
 
 A model is an ``nn.Module`` whose ``forward`` takes plain tensors in the order of its
-:meth:`~BaseModel.input_spec` (so ``torch.onnx.export(model, model.example_inputs(2))`` works)
+:meth:`~BaseModel.signature` (so ``torch.onnx.export(model, model.example_inputs(2))`` works)
 and returns raw outputs: logits for classification, values for regression. Around it:
 
 - ``training_step`` / ``validation_step`` / ``test_step`` take a batch dict keyed by
@@ -10,10 +10,6 @@ and returns raw outputs: logits for classification, values for regression. Aroun
 - ``predict(batch)`` gives probabilities or values, in eval mode and without gradients.
 - ``save(path)`` writes the weights with the config that rebuilds the model by its registered
   name; :func:`mlp_models.load_model` reads it back.
-
-A model that trains itself (the planned YOLO wrapper hands training to ultralytics) sets
-``trains_itself = True`` and provides ``fit(...)``; a trainer checks the flag and hands over
-instead of running its own loop. No built-in model sets it.
 """
 
 from __future__ import annotations
@@ -30,10 +26,12 @@ from torch import Tensor, nn
 
 from mlp_core.batch import TARGET
 from mlp_core.errors import ModelError
+from mlp_core.tasks import Task
+from mlp_core.tensors import ModelSignature, TensorSpec
+from mlp_models.dtypes import torch_dtype
 from mlp_models.model_file import read_model_file, write_model_file
-from mlp_models.spec import InputSpec, TensorSpec
 from mlp_models.state_dicts import load_state_dict_checked
-from mlp_models.tasks import Task, task_loss, task_predictions
+from mlp_models.tasks import task_loss, task_predictions
 
 Batch = Mapping[str, Any]
 
@@ -59,7 +57,6 @@ class BaseModel(nn.Module, ABC):
 
     task: Task
     supports_gradient_checkpointing: ClassVar[bool] = False
-    trains_itself: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,17 +74,20 @@ class BaseModel(nn.Module, ABC):
         """Keyword arguments that rebuild this model's architecture; plain JSON values only."""
 
     @abstractmethod
-    def input_spec(self) -> InputSpec:
-        """Inputs in ``forward`` order, named after batch keys, and outputs."""
+    def signature(self) -> ModelSignature:
+        """Inputs in ``forward`` order, named after batch keys, and outputs; datatypes are
+        :mod:`mlp_core.tensors`' (``"FP32"``, ``"INT64"``), ``-1`` marks the batch axis."""
 
     @abstractmethod
-    def forward(self, *inputs: Tensor) -> Tensor: ...
+    # Each model names its own inputs (``forward(self, numeric, categorical=None)``); ``Any``
+    # here lets those signatures override this one.
+    def forward(self, *inputs: Any, **options: Any) -> Tensor: ...
 
     # -- batches ----------------------------------------------------------------------------
 
     def inputs_from_batch(self, batch: Batch) -> tuple[Tensor, ...]:
         """The tensors ``forward`` takes, read from a batch dict by their input names."""
-        return tuple(self._batch_input(batch, spec) for spec in self.input_spec().inputs)
+        return tuple(self._batch_input(batch, spec) for spec in self.signature().inputs)
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return task_loss(self.task, outputs, targets)
@@ -132,7 +132,7 @@ class BaseModel(nn.Module, ABC):
         if spec.name not in batch:
             raise ModelError(
                 f"model {self.model_name!r} reads {spec.name!r} from the batch "
-                f"({spec.dtype} {list(spec.shape)}), but the batch has only {sorted(batch)}"
+                f"({spec.describe()}), but the batch has only {sorted(batch)}"
             )
         tensor = batch[spec.name]
         if not isinstance(tensor, Tensor):
@@ -140,11 +140,13 @@ class BaseModel(nn.Module, ABC):
                 f"batch[{spec.name!r}] must be a tensor for model {self.model_name!r}, "
                 f"got {type(tensor).__name__}"
             )
-        wants_float = spec.torch_dtype.is_floating_point
+        dtype = torch_dtype(spec)
+        wants_float = dtype.is_floating_point
         is_integer = not tensor.is_floating_point() and tensor.dtype != torch.bool
         if (wants_float and not tensor.is_floating_point()) or (not wants_float and not is_integer):
             raise ModelError(
-                f"batch[{spec.name!r}] must be {spec.dtype} for model {self.model_name!r}, "
+                f"batch[{spec.name!r}] must be {str(dtype).removeprefix('torch.')} for model "
+                f"{self.model_name!r}, "
                 f"got {tensor.dtype}"
             )
         # Only the feature / channel axis is checked: it is what the first layer was built for,
@@ -159,19 +161,20 @@ class BaseModel(nn.Module, ABC):
     # -- export -----------------------------------------------------------------------------
 
     def example_inputs(self, batch_size: int = 2) -> tuple[Tensor, ...]:
-        """Tensors shaped as :meth:`input_spec` says, on the model's device, for tracing.
+        """Tensors shaped as :meth:`signature` says, on the model's device, for tracing.
 
         Floats are seeded normal noise; integers are zeros, a valid index for any embedding.
         """
         generator = torch.Generator().manual_seed(_EXAMPLE_SEED)
         device = self._device()
         tensors = []
-        for spec in self.input_spec().inputs:
+        for spec in self.signature().inputs:
             shape = spec.concrete_shape(batch_size)
-            if spec.torch_dtype.is_floating_point:
-                tensor = torch.randn(shape, generator=generator, dtype=spec.torch_dtype)
+            dtype = torch_dtype(spec)
+            if dtype.is_floating_point:
+                tensor = torch.randn(shape, generator=generator, dtype=dtype)
             else:
-                tensor = torch.zeros(shape, dtype=spec.torch_dtype)
+                tensor = torch.zeros(shape, dtype=dtype)
             tensors.append(tensor.to(device))
         return tuple(tensors)
 

@@ -16,11 +16,11 @@ from torch import Tensor, nn
 
 from mlp_core.batch import CATEGORICAL, NUMERIC
 from mlp_core.errors import ConfigError
+from mlp_core.tasks import TASKS, Task
+from mlp_core.tensors import DYNAMIC, ModelSignature, TensorSpec
 from mlp_models.arguments import check_choice, check_fraction, check_int, check_int_list
 from mlp_models.base import BaseModel
 from mlp_models.registry import register_model
-from mlp_models.spec import DYNAMIC, InputSpec, TensorSpec
-from mlp_models.tasks import TASKS, Task
 
 NAME = "tabular_mlp"
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -83,11 +83,15 @@ class TabularModel(BaseModel):
             else check_int(NAME, "embedding_dim", embedding_dim, minimum=1)
         )
 
-        self.embeddings = nn.ModuleList(
-            nn.Embedding(cardinality, self.embedding_dim or embedding_size(cardinality))
+        widths = [
+            self.embedding_dim or embedding_size(cardinality)
             for cardinality in self.categorical_cardinalities
+        ]
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(cardinality, width)
+            for cardinality, width in zip(self.categorical_cardinalities, widths)
         )
-        width = self.num_numeric + sum(e.embedding_dim for e in self.embeddings)
+        width = self.num_numeric + sum(widths)
         blocks: list[nn.Module] = []
         for size in self.hidden_sizes:
             blocks.append(self._block(width, size))
@@ -113,15 +117,15 @@ class TabularModel(BaseModel):
             "embedding_dim": self.embedding_dim,
         }
 
-    def input_spec(self) -> InputSpec:
-        inputs = [TensorSpec(NUMERIC, "float32", (DYNAMIC, self.num_numeric))]
+    def signature(self) -> ModelSignature:
+        inputs = [TensorSpec(name=NUMERIC, datatype="FP32", shape=(DYNAMIC, self.num_numeric))]
         if self.categorical_cardinalities:
             shape = (DYNAMIC, len(self.categorical_cardinalities))
-            inputs.append(TensorSpec(CATEGORICAL, "int64", shape))
+            inputs.append(TensorSpec(name=CATEGORICAL, datatype="INT64", shape=shape))
         output = "predictions" if self.task == "regression" else "logits"
-        return InputSpec(
+        return ModelSignature(
             inputs=tuple(inputs),
-            outputs=(TensorSpec(output, "float32", (DYNAMIC, self.head_width)),),
+            outputs=(TensorSpec(name=output, datatype="FP32", shape=(DYNAMIC, self.head_width)),),
         )
 
     def forward(self, numeric: Tensor, categorical: Tensor | None = None) -> Tensor:
@@ -154,8 +158,12 @@ def _check_head(task: str, num_classes: Any, num_outputs: Any) -> tuple[int | No
                 f"model {NAME!r}: task 'multiclass' needs num_classes (an integer >= 2)",
                 hint="Pass num_classes, or task='regression' to predict numbers.",
             )
-        check_int(NAME, "num_classes", num_classes, minimum=2)
-    elif task == "binary" and num_classes not in (None, 2):
+        classes = check_int(NAME, "num_classes", num_classes, minimum=2)
+        outputs = check_int(NAME, "num_outputs", num_outputs, minimum=1)
+        if outputs != 1:
+            raise _outputs_error(task, num_outputs)
+        return classes, outputs, classes
+    if task == "binary" and num_classes not in (None, 2):
         raise ConfigError(
             f"model {NAME!r}: task 'binary' has 2 classes; given num_classes={num_classes!r}",
             hint="Use task='multiclass' for more than two classes.",
@@ -165,14 +173,16 @@ def _check_head(task: str, num_classes: Any, num_outputs: Any) -> tuple[int | No
             f"model {NAME!r}: task 'regression' takes num_outputs, not num_classes "
             f"(given num_classes={num_classes!r})"
         )
-    check_int(NAME, "num_outputs", num_outputs, minimum=1)
-    if task != "regression" and num_outputs != 1:
-        raise ConfigError(
-            f"model {NAME!r}: num_outputs is for task 'regression'; task {task!r} was given "
-            f"num_outputs={num_outputs!r}"
-        )
+    outputs = check_int(NAME, "num_outputs", num_outputs, minimum=1)
     if task == "binary":
-        return 2, num_outputs, 1  # two classes, one logit
-    if task == "multiclass":
-        return num_classes, num_outputs, num_classes
-    return None, num_outputs, num_outputs
+        if outputs != 1:
+            raise _outputs_error(task, num_outputs)
+        return 2, outputs, 1  # two classes, one logit
+    return None, outputs, outputs
+
+
+def _outputs_error(task: str, num_outputs: Any) -> ConfigError:
+    return ConfigError(
+        f"model {NAME!r}: num_outputs is for task 'regression'; task {task!r} was given "
+        f"num_outputs={num_outputs!r}"
+    )

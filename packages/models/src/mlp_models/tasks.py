@@ -3,20 +3,17 @@
 A model's ``forward`` returns raw outputs (logits, or values for regression) because that is what
 a loss wants and what an exporter traces; :func:`task_predictions` turns them into what a user
 wants (probabilities or values). Keeping both here means every model family agrees on them.
+The task names themselves are defined in :mod:`mlp_core.tasks`.
 """
 
 from __future__ import annotations
-
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 from torch.nn import functional
 
 from mlp_core.errors import ModelError
-
-Task = Literal["binary", "multiclass", "regression"]
-TASKS: tuple[str, ...] = get_args(Task)
+from mlp_core.tasks import Task
 
 
 def task_loss(task: Task, outputs: Tensor, targets: Tensor) -> Tensor:

@@ -1,5 +1,9 @@
 """Image classifiers on torchvision backbones, each registered under the backbone's name.
 
+Each backbone is declared once, at the end of this module, by a function named after it:
+``@backbone def resnet18(): return resnet_layout(tv.resnet18)`` registers the model
+``resnet18`` (``partial(VisionModel, "resnet18")``) with the layout it returns.
+
 ``create_model("resnet18", num_classes=3)`` builds the torchvision network with ``weights=None``
 (nothing is ever downloaded) and a head for ``num_classes``. Transfer learning starts from a
 local file: ``pretrained_weights="resnet18-f37072fd.pth"`` (a torchvision state dict, or a file
@@ -12,6 +16,7 @@ torchvision model and its state dict loads anywhere torchvision's does.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,21 +24,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+from torchvision import models as tv
 
 from mlp_core.batch import IMAGE
 from mlp_core.errors import ConfigError, ModelError
+from mlp_core.tensors import DYNAMIC, ModelSignature, TensorSpec
 from mlp_models.arguments import check_bool, check_choice, check_int
-from mlp_models.backbones import BACKBONES, BackboneLayout
+from mlp_models.backbones import BackboneLayout, features_layout, resnet_layout
 from mlp_models.base import BaseModel
 from mlp_models.model_file import is_model_payload, load_tensors
 from mlp_models.registry import register_model
-from mlp_models.spec import DYNAMIC, InputSpec, TensorSpec
 from mlp_models.state_dicts import load_state_dict_checked
 
 _RGB = 3
 # Below this the backbones' five stride-2 steps leave less than one pixel.
 MIN_IMAGE_SIZE = 32
 _SAVED_PREFIX = "network."
+
+# name -> layout of every declared backbone, filled by @backbone below.
+BACKBONES: dict[str, BackboneLayout] = {}
 
 
 class VisionModel(BaseModel):
@@ -94,12 +103,13 @@ class VisionModel(BaseModel):
             "freeze_backbone": self._backbone_frozen,
         }
 
-    def input_spec(self) -> InputSpec:
+    def signature(self) -> ModelSignature:
         size = self.image_size
-        return InputSpec(
-            inputs=(TensorSpec(IMAGE, "float32", (DYNAMIC, self.in_channels, size, size)),),
-            outputs=(TensorSpec("logits", "float32", (DYNAMIC, self.num_classes)),),
+        image = TensorSpec(
+            name=IMAGE, datatype="FP32", shape=(DYNAMIC, self.in_channels, size, size)
         )
+        logits = TensorSpec(name="logits", datatype="FP32", shape=(DYNAMIC, self.num_classes))
+        return ModelSignature(inputs=(image,), outputs=(logits,))
 
     def forward(self, image: Tensor) -> Tensor:
         # The same computation as torchvision's own forward, spelled out stage by stage so
@@ -173,10 +183,10 @@ class VisionModel(BaseModel):
         new = nn.Conv2d(
             self.in_channels,
             old.out_channels,
-            kernel_size=old.kernel_size,
-            stride=old.stride,
-            padding=old.padding,
-            dilation=old.dilation,
+            kernel_size=_pair(old.kernel_size),
+            stride=_pair(old.stride),
+            padding=old.padding if isinstance(old.padding, str) else _pair(old.padding),
+            dilation=_pair(old.dilation),
             groups=old.groups,
             bias=old.bias is not None,
         )
@@ -209,18 +219,49 @@ def _network_state(file: Path, payload: object, expected: str) -> dict[str, Tens
     )
 
 
+def _pair(sizes: tuple[int, ...]) -> tuple[int, int]:
+    # Conv2d keeps its sizes as tuples of two, typed as tuples of any length.
+    return sizes[0], sizes[1]
+
+
 def _spread_rgb_filters(weight: Tensor, in_channels: int) -> Tensor:
     mean = weight.mean(dim=1, keepdim=True)
     return mean.repeat(1, in_channels, 1, 1) * (_RGB / in_channels)
 
 
-resnet18 = register_model("resnet18")(partial(VisionModel, "resnet18"))
-resnet34 = register_model("resnet34")(partial(VisionModel, "resnet34"))
-resnet50 = register_model("resnet50")(partial(VisionModel, "resnet50"))
-efficientnet_b0 = register_model("efficientnet_b0")(partial(VisionModel, "efficientnet_b0"))
-mobilenet_v3_small = register_model("mobilenet_v3_small")(
-    partial(VisionModel, "mobilenet_v3_small")
-)
-mobilenet_v3_large = register_model("mobilenet_v3_large")(
-    partial(VisionModel, "mobilenet_v3_large")
-)
+def backbone(declare: Callable[[], BackboneLayout]) -> partial[VisionModel]:
+    """Declare a backbone: registers ``VisionModel`` on the layout ``declare`` returns, as a
+    model named after the function (timm's ``@register_model``, one line per model)."""
+    name = declare.__name__
+    BACKBONES[name] = declare()
+    return register_model(name)(partial(VisionModel, name))
+
+
+@backbone
+def resnet18() -> BackboneLayout:
+    return resnet_layout(tv.resnet18)
+
+
+@backbone
+def resnet34() -> BackboneLayout:
+    return resnet_layout(tv.resnet34)
+
+
+@backbone
+def resnet50() -> BackboneLayout:
+    return resnet_layout(tv.resnet50)
+
+
+@backbone
+def efficientnet_b0() -> BackboneLayout:
+    return features_layout(tv.efficientnet_b0, head="classifier.1")
+
+
+@backbone
+def mobilenet_v3_small() -> BackboneLayout:
+    return features_layout(tv.mobilenet_v3_small, head="classifier.3")
+
+
+@backbone
+def mobilenet_v3_large() -> BackboneLayout:
+    return features_layout(tv.mobilenet_v3_large, head="classifier.3")

@@ -504,7 +504,7 @@ def _num_classes(model: nn.Module) -> int | None:
         return None
     if model.task == "binary":
         return 2
-    return int(model.input_spec().outputs[0].shape[1])
+    return int(model.signature().outputs[0].shape[1])
 
 
 def _load_user_callback(spec: CallbackSpec) -> Callback:
