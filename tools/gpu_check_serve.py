@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from mlp_serve._generated import mlp_inference_pb2 as pb
 from mlp_serve.bundle import read_manifest
-from mlp_serve.grpc_codec import decode_infer_response, encode_infer_request
+from mlp_serve.grpc.codec import decode_infer_response, encode_infer_request
 from mlp_serve.types import InferRequest, Tensor
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"

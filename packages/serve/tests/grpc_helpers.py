@@ -1,4 +1,4 @@
-"""A real InferenceCore and gRPC server on 127.0.0.1, run in a background thread's event loop."""
+"""A real DataPlane and gRPC server on 127.0.0.1, run in a background thread's event loop."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 
 from mlp_serve.config import ServeConfig
-from mlp_serve.core import InferenceCore
-from mlp_serve.grpc_server import create_grpc_server, stop_grpc_server
+from mlp_serve.dataplane import DataPlane
+from mlp_serve.grpc.server import create_grpc_server, stop_grpc_server
 
 INFERENCE = "/inference.GRPCInferenceService/"
 
@@ -21,7 +21,7 @@ class GrpcServerThread:
     """``with GrpcServerThread(repo, config) as server:`` serves until the block ends.
 
     ``server.address`` is ``127.0.0.1:<port>``; ``server.call(coro)`` runs a coroutine on the
-    server's loop (to look at the core from its own thread).
+    server's loop (to look at the data plane from its own thread).
     """
 
     def __init__(self, repository: Path, config: ServeConfig) -> None:
@@ -29,7 +29,7 @@ class GrpcServerThread:
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.core: InferenceCore | None = None
+        self.dataplane: DataPlane | None = None
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -41,17 +41,17 @@ class GrpcServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self) -> None:
-        self.core = InferenceCore(self.repository, self.config)
-        await self.core.start()
-        self.server = create_grpc_server(self.core, self.config)
+        self.dataplane = DataPlane(self.repository, self.config)
+        await self.dataplane.start()
+        self.server = create_grpc_server(self.dataplane, self.config)
         self.port = self.server.mlp_port
         await self.server.start()
 
     async def _stop(self) -> None:
         if self.server is not None:
             await stop_grpc_server(self.server, grace=1)
-        if self.core is not None:
-            await self.core.stop(drain_seconds=1)
+        if self.dataplane is not None:
+            await self.dataplane.stop(drain_seconds=1)
 
     def __enter__(self) -> GrpcServerThread:
         self.thread.start()

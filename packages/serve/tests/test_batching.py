@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from conftest import B, W, cpu_config, linear_model, slow_model, write_bundle
 from prometheus_client.parser import text_string_to_metric_families
+from serve_helpers import B, W, cpu_config, linear_model, slow_model, write_bundle
 
 from mlp_serve.config import BatchingConfig
 from mlp_serve.server import BackgroundServer

@@ -8,11 +8,12 @@ from tritonclient.grpc import InferResult
 from tritonclient.grpc import service_pb2 as triton
 from tritonclient.utils import serialize_byte_tensor
 
-from mlp_serve import grpc_codec
+from mlp_core.tensors import TensorSpec
 from mlp_serve._generated import mlp_inference_pb2 as pb
 from mlp_serve._generated import mlp_model_config_pb2 as pb_config
 from mlp_serve.errors import InvalidInput
-from mlp_serve.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorMetadata
+from mlp_serve.grpc import codec as grpc_codec
+from mlp_serve.types import InferRequest, InferResponse, ModelMetadata, Tensor
 
 TYPED = {
     "BOOL": np.array([[True, False, True]]),
@@ -195,7 +196,7 @@ def test_response_reads_back_with_tritonclients_as_numpy():
 
 
 def _kserve(dtype) -> str:
-    from mlp_serve.datatypes import from_numpy_dtype
+    from mlp_core.tensors import from_numpy_dtype
 
     return from_numpy_dtype(dtype)
 
@@ -227,8 +228,8 @@ def test_model_metadata_and_config_encode_as_triton_reads_them():
         name="m",
         versions=["1", "2"],
         platform="onnxruntime_onnx",
-        inputs=[TensorMetadata("x", "FP32", [-1, 4])],
-        outputs=[TensorMetadata("y", "BYTES", [-1])],
+        inputs=[TensorSpec(name="x", datatype="FP32", shape=(-1, 4))],
+        outputs=[TensorSpec(name="y", datatype="BYTES", shape=(-1,))],
         parameters={"task": "regression"},
     )
     theirs = triton.ModelMetadataResponse.FromString(

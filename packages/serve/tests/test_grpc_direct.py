@@ -17,8 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton_grpc
-from conftest import B, W, linear_model, slow_model, write_bundle
 from grpc_helpers import GrpcServerThread, raw_call
+from serve_helpers import B, W, linear_model, slow_model, write_bundle
 from test_grpc_server import _config, gather_model
 from test_process import in_flight, start
 from tritonclient.utils import InferenceServerException
@@ -37,8 +37,8 @@ def _input(name: str, array: np.ndarray, datatype: str = "FP32") -> triton_grpc.
 
 
 def _sample(running: GrpcServerThread, name: str, **labels: str) -> float:
-    assert running.core is not None and running.core.registry is not None
-    return running.core.registry.get_sample_value(name, labels) or 0.0
+    assert running.dataplane is not None and running.dataplane.registry is not None
+    return running.dataplane.registry.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_sixteen_concurrent_clients_get_what_onnxruntime_computes(running):
         )
         == 0
     )
-    assert running.core is not None and running.core.in_flight == 0
+    assert running.dataplane is not None and running.dataplane.in_flight == 0
 
 
 def test_errors_keep_their_codes_and_are_counted(running, client):
@@ -177,11 +177,11 @@ def test_new_versions_and_unloads_reach_the_call_threads(tmp_path):
         GrpcServerThread(tmp_path, _config(batching=NO_BATCHING)) as running,
         triton_grpc.InferenceServerClient(running.address) as client,
     ):
-        assert running.core is not None
+        assert running.dataplane is not None
         first = client.infer("linear", [_input("x", x)])
         assert first.get_response().model_version == "1"
         write_bundle(tmp_path, "linear", 2, linear_model(b=np.full(3, 5.0, np.float32)))
-        running.call(running.core.repository.sync())
+        running.call(running.dataplane.repository.sync())
         second = client.infer("linear", [_input("x", x)])
         assert second.get_response().model_version == "2"
         np.testing.assert_allclose(second.as_numpy("y"), first.as_numpy("y") + 5.0 - B)
@@ -190,10 +190,10 @@ def test_new_versions_and_unloads_reach_the_call_threads(tmp_path):
         np.testing.assert_allclose(asked.as_numpy("y"), first.as_numpy("y"))
 
         shutil.rmtree(tmp_path / "linear" / "2")
-        running.call(running.core.repository.sync())
+        running.call(running.dataplane.repository.sync())
         assert client.infer("linear", [_input("x", x)]).get_response().model_version == "1"
 
-        running.call(running.core.unload_model("linear"))
+        running.call(running.dataplane.unload_model("linear"))
         with pytest.raises(InferenceServerException) as caught:
             client.infer("linear", [_input("x", x)])
         assert caught.value.status() == "StatusCode.UNAVAILABLE"
@@ -257,21 +257,21 @@ def test_the_core_stop_waits_for_a_call_running_in_its_thread(tmp_path):
         GrpcServerThread(tmp_path, _config(batching=NO_BATCHING)) as running,
         triton_grpc.InferenceServerClient(running.address) as client,
     ):
-        core = running.core
-        assert core is not None
+        dataplane = running.dataplane
+        assert dataplane is not None
         result: dict[str, object] = {}
         thread = threading.Thread(
             target=lambda: result.update(y=client.infer("slow", [_input("x", x)]).as_numpy("y"))
         )
         thread.start()
         deadline = time.monotonic() + 30
-        while core.in_flight < 1:
+        while dataplane.in_flight < 1:
             assert time.monotonic() < deadline, "the call never started"
             time.sleep(0.005)
-        running.call(core.stop(drain_seconds=60))
+        running.call(dataplane.stop(drain_seconds=60))
         # The request is counted before it leaves the in-flight count: stop() waited for it.
         labels = {"model": "slow", "version": "1", "protocol": "grpc", "status": "ok"}
         assert _sample(running, "mlp_inference_requests_total", **labels) == 1
-        assert core.in_flight == 0
+        assert dataplane.in_flight == 0
         thread.join(60)
         np.testing.assert_allclose(result["y"], x)

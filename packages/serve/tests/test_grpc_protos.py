@@ -16,9 +16,9 @@ from tritonclient.grpc import model_config_pb2 as triton_config
 from tritonclient.grpc import service_pb2 as triton
 
 import mlp_serve
-from mlp_serve import grpc_server
 from mlp_serve._generated import mlp_inference_pb2 as pb
 from mlp_serve._generated import mlp_model_config_pb2 as pb_config
+from mlp_serve.grpc import server as grpc_server
 
 GENERATED = Path(mlp_serve.__file__).parent / "_generated"
 PROTOBUF7_PYTHON = Path(__file__).resolve().parents[3] / ".venvs" / "protobuf7" / "bin" / "python"

@@ -1,6 +1,6 @@
 """The gRPC front end against real clients: tritonclient.grpc, raw grpc, health, reflection.
 
-Each server is a real InferenceCore with tiny ONNX models on 127.0.0.1 (see grpc_helpers).
+Each server is a real DataPlane with tiny ONNX models on 127.0.0.1 (see grpc_helpers).
 """
 
 from __future__ import annotations
@@ -15,13 +15,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton_grpc
-from conftest import (
-    int_model,
-    linear_model,
-    slow_model,
-    string_model,
-    write_bundle,
-)
 from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import GrpcServerThread, raw_call
@@ -29,13 +22,20 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from onnx import TensorProto, helper, numpy_helper
+from serve_helpers import (
+    int_model,
+    linear_model,
+    slow_model,
+    string_model,
+    write_bundle,
+)
 from tritonclient.grpc import service_pb2 as triton
 from tritonclient.utils import InferenceServerException
 
 import mlp_serve
 from mlp_serve._generated import mlp_inference_pb2 as pb
 from mlp_serve.config import BatchingConfig, ServeConfig
-from mlp_serve.grpc_server import SERVICE_NAME
+from mlp_serve.grpc.inference import SERVICE_NAME
 
 MIB = 1 << 20
 TOKEN = "s3cret-token"
@@ -313,7 +313,7 @@ def test_garbage_protobuf_is_invalid_argument(server, channel, client, body):
         raw_call(channel, "ModelMetadata", body)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     _assert_still_serving(client)
-    rejected = server.core.registry.get_sample_value(
+    rejected = server.dataplane.registry.get_sample_value(
         "mlp_inference_requests_total",
         {"model": "_unknown", "version": "", "protocol": "grpc", "status": "invalid_input"},
     )
@@ -344,9 +344,9 @@ def test_a_model_failing_inside_onnxruntime_is_internal_and_the_server_goes_on(c
 
 def test_metrics_count_grpc_requests(server, client):
     labels = {"model": "linear", "version": "1", "protocol": "grpc", "status": "ok"}
-    before = server.core.registry.get_sample_value("mlp_inference_requests_total", labels) or 0
+    before = server.dataplane.registry.get_sample_value("mlp_inference_requests_total", labels) or 0
     _assert_still_serving(client)
-    after = server.core.registry.get_sample_value("mlp_inference_requests_total", labels)
+    after = server.dataplane.registry.get_sample_value("mlp_inference_requests_total", labels)
     assert after == before + 1
 
 

@@ -6,8 +6,8 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from conftest import cpu_config, linear_model, write_bundle
 from prometheus_client.parser import text_string_to_metric_families
+from serve_helpers import cpu_config, linear_model, write_bundle
 from tritonclient.utils import InferenceServerException
 
 from mlp_serve.server import BackgroundServer

@@ -7,8 +7,15 @@ import io
 import httpx
 import numpy as np
 import pytest
-from conftest import cpu_config, image_model, linear_model, softmax, tabular_model, write_bundle
 from PIL import Image
+from serve_helpers import (
+    cpu_config,
+    image_model,
+    linear_model,
+    softmax,
+    tabular_model,
+    write_bundle,
+)
 
 from mlp_serve.server import BackgroundServer
 

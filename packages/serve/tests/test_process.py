@@ -15,7 +15,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import cpu_config, linear_model, slow_model, write_bundle
+from serve_helpers import cpu_config, linear_model, slow_model, write_bundle
 
 from mlp_core.errors import ConfigError
 from mlp_serve.config import load_serve_config
@@ -29,7 +29,7 @@ def start(repo, *extra: str) -> tuple[subprocess.Popen, str, str]:
         [
             sys.executable,
             "-m",
-            "mlp_serve.server",
+            "mlp_serve",
             str(repo),
             "--http-port",
             "0",
@@ -103,7 +103,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(repo):
 
 def test_cli_refuses_a_missing_repository(tmp_path):
     process = subprocess.run(
-        [sys.executable, "-m", "mlp_serve.server", str(tmp_path / "nope")],
+        [sys.executable, "-m", "mlp_serve", str(tmp_path / "nope")],
         capture_output=True,
         text=True,
         timeout=60,

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from conftest import B, W, cpu_config, linear_model, write_bundle
+from serve_helpers import B, W, cpu_config, linear_model, write_bundle
 from tritonclient.utils import InferenceServerException
 
 from mlp_core.files import sha256_file

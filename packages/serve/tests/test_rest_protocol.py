@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from conftest import (
+from serve_helpers import (
     B,
     W,
     cpu_config,

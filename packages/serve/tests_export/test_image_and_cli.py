@@ -8,11 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import write_tabular_run
+from export_helpers import write_tabular_run
 
 from mlp_core.errors import MissingDependencyError
 from mlp_models import create_model, load_model
-from mlp_serve import export_cli
+from mlp_serve.cli import export as export_cli
 from mlp_serve.export import export_run
 
 SPEC = {
@@ -42,7 +42,7 @@ def test_image_bundle(tmp_path):
     manifest = result.manifest
     assert manifest.kind == "image" and manifest.preprocessing == SPEC
     assert [(s.name, s.datatype, s.shape) for s in manifest.inputs] == [
-        ("image", "FP32", [-1, 1, 32, 32])
+        ("image", "FP32", (-1, 1, 32, 32))
     ]
     assert manifest.parity.passed and manifest.parity.max_abs_diff <= 1e-4
     images = np.random.default_rng(1).normal(size=(3, 1, 32, 32)).astype(np.float32)

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import CATEGORICAL, NUMERIC, write_tabular_run
+from export_helpers import CATEGORICAL, NUMERIC, write_tabular_run
 
 from mlp_models import load_model
 from mlp_serve.bundle import read_manifest, verify_model_file
@@ -101,12 +101,15 @@ def test_dynamic_batch_and_manifest(tmp_path, tabular_run):
     assert manifest.sha256 == digest
     assert manifest.kind == "tabular" and manifest.task == "binary"
     assert [(s.name, s.datatype, s.shape) for s in manifest.inputs] == [
-        ("numeric", "FP32", [-1, 2]),
-        ("categorical", "BYTES", [-1, 2]),
+        ("numeric", "FP32", (-1, 2)),
+        ("categorical", "BYTES", (-1, 2)),
     ]
+    # The manifest's JSON keeps its form: each tensor is name, datatype and shape as a list.
+    written = json.loads((result.path / "manifest.json").read_text(encoding="utf-8"))
+    assert written["inputs"][0] == {"name": "numeric", "datatype": "FP32", "shape": [-1, 2]}
     assert [(s.name, s.datatype, s.shape) for s in manifest.outputs] == [
-        ("probabilities", "FP32", [-1, 2]),
-        ("label", "BYTES", [-1]),
+        ("probabilities", "FP32", (-1, 2)),
+        ("label", "BYTES", (-1,)),
     ]
     assert manifest.feature_schema.numeric == ["length", "mass"]
     assert manifest.feature_schema.categories["year"] == ["2007", "2008"]
@@ -126,8 +129,8 @@ def test_regression_outputs(tmp_path):
     double = write_tabular_run(tmp_path / "r2", task="regression", num_outputs=2)
     one = export_run(single, tmp_path / "repo", name="one", log_to_mlflow=False)
     two = export_run(double, tmp_path / "repo", name="two", log_to_mlflow=False)
-    assert [(s.name, s.shape) for s in one.manifest.outputs] == [("predictions", [-1])]
-    assert [(s.name, s.shape) for s in two.manifest.outputs] == [("predictions", [-1, 2])]
+    assert [(s.name, s.shape) for s in one.manifest.outputs] == [("predictions", (-1,))]
+    assert [(s.name, s.shape) for s in two.manifest.outputs] == [("predictions", (-1, 2))]
     assert one.manifest.class_labels is None and one.manifest.task == "regression"
     model = load_model(single / "model")
     with torch.no_grad():
@@ -172,7 +175,14 @@ def test_int8_and_fp16(tmp_path):
     int8 = export_run(run, tmp_path / "repo", quantize="int8", log_to_mlflow=False).manifest
     fp16 = export_run(run, tmp_path / "repo", fp16=True, log_to_mlflow=False).manifest
     assert int8.precision == "int8" and fp16.precision == "fp16"
-    assert 0 <= int8.quantization["argmax_agreement"] <= 1
+    # Both conversions are measured against the fp32 graph on the same 66 parity samples.
+    # float16 moves this seeded model's probabilities by ~3e-5, far below the gaps between its
+    # classes: every decision must survive. int8 weights move them by ~1e-3, which may flip a
+    # near tie, so at most 3 of 66 rows (5%) may change class; more means a broken conversion.
+    assert fp16.quantization["argmax_agreement"] == 1.0
+    assert fp16.quantization["max_abs_diff_vs_fp32"] < 1e-3
+    assert int8.quantization["argmax_agreement"] >= 0.95
+    assert int8.quantization["max_abs_diff_vs_fp32"] < 0.05
     assert int8.quantization["fp32_parity"]["max_abs_diff"] < 1e-4
     assert int8.parity.tolerance == 0.25 and fp16.parity.tolerance == 0.01
     ops8 = {n.op_type for n in onnx.load(tmp_path / "repo/no-such-data/1/model.onnx").graph.node}

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlp_core.files import atomic_write_text, sha256_file
+from mlp_core.tensors import TensorSpec
 from mlp_serve.errors import BundleError
 
 MODEL_FILE = "model.onnx"
@@ -29,12 +30,6 @@ FORMAT = "mlp.bundle"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class TensorSpec(_Strict):
-    name: str
-    datatype: str  # KServe v2 datatype
-    shape: list[int]  # -1 for a dynamic dimension (the batch axis first)
 
 
 class FeatureSchema(_Strict):
@@ -62,7 +57,7 @@ class Manifest(_Strict):
     version: int = Field(..., gt=0)
     task: str  # binary, multiclass, regression
     kind: Literal["tabular", "image", "onnx"]
-    inputs: list[TensorSpec]
+    inputs: list[TensorSpec]  # in JSON: name, datatype, shape (-1 dynamic, batch axis first)
     outputs: list[TensorSpec]
     feature_schema: FeatureSchema | None = None
     class_labels: list[str] | None = None

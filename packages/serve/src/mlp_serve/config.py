@@ -6,7 +6,10 @@ It is the ``serve`` section of an mlp config file, or a file holding only that s
       http_port: 8000
       batching: {max_batch_size: 32, max_queue_delay_ms: 1.0}
 
-Unknown keys are errors, so a typo never passes silently.
+:class:`ServeConfig` extends :class:`mlp_core.config.ServeSection` (where the server listens), as
+DESIGN.md has owners extend their sections: ``mlp train`` reads the same file with the core
+section, which keeps these keys as given, and ``mlp serve`` checks them here. Unknown keys are
+errors here, so a typo never passes silently.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlp_core.config import apply_overrides, read_yaml, validate_config
+from mlp_core.config import ServeSection, apply_overrides, read_yaml, validate_config
 from mlp_core.errors import ConfigError
 
 DEFAULT_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -42,10 +45,12 @@ class BatchingConfig(_Strict):
     max_queue_size: int = Field(256, gt=0, description="requests waiting; beyond it: 503")
 
 
-class ServeConfig(_Strict):
-    host: str = "127.0.0.1"
-    http_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
-    grpc_port: int = Field(8001, ge=0, le=65535, description="0 picks a free port")
+class ServeConfig(ServeSection):
+    """The whole serve section: ``host``, ``http_port`` and ``grpc_port`` (0 picks a free port)
+    come from :class:`~mlp_core.config.ServeSection`, the rest is the server's own."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
     models: list[str] | None = Field(None, description="models to serve; None: every one")
     poll_seconds: float | None = Field(
         5.0, gt=0, description="how often to look for new versions; None: never"

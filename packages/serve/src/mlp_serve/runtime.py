@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from mlp_core.tensors import TensorSpec, to_numpy_dtype
 from mlp_obs.log import get_logger
 from mlp_serve.config import ServeConfig
-from mlp_serve.datatypes import from_onnx_type, to_numpy_dtype
+from mlp_serve.datatypes import from_onnx_type
 from mlp_serve.errors import BundleError
-from mlp_serve.types import TensorMetadata
 
 CPU = "CPUExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
@@ -81,9 +81,13 @@ def _dim(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else -1
 
 
-def _signature(args: Sequence[Any]) -> list[TensorMetadata]:
+def _signature(args: Sequence[Any]) -> list[TensorSpec]:
     return [
-        TensorMetadata(arg.name, from_onnx_type(arg.type), [_dim(d) for d in arg.shape])
+        TensorSpec(
+            name=arg.name,
+            datatype=from_onnx_type(arg.type),
+            shape=tuple(_dim(d) for d in arg.shape),
+        )
         for arg in args
     ]
 
@@ -93,8 +97,8 @@ class ModelRuntime:
     """A loaded session with its inputs and outputs in KServe terms."""
 
     session: ort.InferenceSession
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
     provider: str
 
     @property

@@ -1,8 +1,8 @@
-"""The server process: REST (uvicorn) and gRPC in one asyncio loop, sharing one InferenceCore.
+"""The server process: REST (uvicorn) and gRPC in one asyncio loop, sharing one DataPlane.
 
 Shutdown (SIGTERM, SIGINT, or :meth:`BackgroundServer.stop`) stops accepting connections, lets
 the requests in flight finish (up to ``drain_seconds``), unloads the models and returns, so the
-process exits 0. ``python -m mlp_serve.server REPO [--http-port ...]`` runs it like ``mlp serve``.
+process exits 0. ``python -m mlp_serve REPO [--http-port ...]`` runs it like ``mlp serve``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import gc
 import os
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ import uvicorn
 from mlp_obs.log import get_logger
 from mlp_obs.metrics import CollectorRegistry, InferenceMetrics, register_system_metrics
 from mlp_serve.config import ServeConfig
-from mlp_serve.core import InferenceCore
-from mlp_serve.rest import create_app
+from mlp_serve.dataplane import DataPlane
+from mlp_serve.grpc.server import GrpcServer, create_grpc_server, stop_grpc_server
+from mlp_serve.rest.app import create_app
 
 log = get_logger(__name__)
 
@@ -37,24 +37,23 @@ DRAIN_SECONDS = 30.0
 class BoundPorts:
     host: str
     http_port: int
-    grpc_port: int | None  # None: the gRPC front end is not installed
+    grpc_port: int
 
     @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
     @property
-    def grpc_address(self) -> str | None:
-        return None if self.grpc_port is None else f"{self.host}:{self.grpc_port}"
+    def grpc_address(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
 
     def describe(self) -> str:
-        grpc = f"gRPC on {self.grpc_address}" if self.grpc_port is not None else "gRPC off"
-        return f"mlp serve: REST on {self.http_url}, {grpc}"
+        return f"mlp serve: REST on {self.http_url}, gRPC on {self.grpc_address}"
 
 
 class _Uvicorn(uvicorn.Server):
     # This module owns the signals: uvicorn's handlers would re-raise SIGTERM after its own
-    # shutdown, killing the process before the gRPC side and the core have drained.
+    # shutdown, killing the process before the gRPC side and the data plane have drained.
     @contextlib.contextmanager
     def capture_signals(self) -> Any:
         yield
@@ -78,16 +77,16 @@ async def serve_async(
     stop = stop or asyncio.Event()
     registry = CollectorRegistry()
     register_system_metrics(registry)
-    core = InferenceCore(repository, config, InferenceMetrics(registry))
+    dataplane = DataPlane(repository, config, InferenceMetrics(registry))
     rest: _Uvicorn | None = None
     rest_task: asyncio.Task | None = None
-    grpc_server: Any = None
+    grpc_server: GrpcServer | None = None
     try:
-        await core.start()
+        await dataplane.start()
         sock = _bind(config.host, config.http_port)
         rest = _Uvicorn(
             uvicorn.Config(
-                create_app(core, config, registry),
+                create_app(dataplane, config, registry),
                 log_config=None,  # mlp_obs owns logging; uvicorn's records go through it
                 access_log=False,  # RequestContext logs each request with its id
                 lifespan="off",
@@ -95,16 +94,14 @@ async def serve_async(
                 server_header=False,
             )
         )
-        grpc_server = await _start_grpc(core, config)
+        grpc_server = await _start_grpc(dataplane, config)
         rest_task = asyncio.get_running_loop().create_task(rest.serve(sockets=[sock]))
         while not rest.started:
             if rest_task.done():
                 await rest_task  # startup failed: surface why
                 raise RuntimeError("the REST server stopped during startup")
             await asyncio.sleep(0.01)
-        ports = BoundPorts(
-            config.host, sock.getsockname()[1], getattr(grpc_server, "mlp_port", None)
-        )
+        ports = BoundPorts(config.host, sock.getsockname()[1], grpc_server.mlp_port)
         if freeze_gc:
             freeze_startup_objects()
         print(ports.describe(), flush=True)
@@ -117,13 +114,13 @@ async def serve_async(
             stopped.cancel()
     finally:
         # Stop accepting on both front ends, let requests in flight finish, then unload.
-        log.info("shutting down: finishing requests in flight", requests=core.in_flight)
+        log.info("shutting down: finishing requests in flight", requests=dataplane.in_flight)
         if rest is not None:
             rest.should_exit = True
         await asyncio.gather(
             _wait(rest_task),
             _stop_grpc(grpc_server, drain_seconds),
-            core.stop(drain_seconds),
+            dataplane.stop(drain_seconds),
         )
         log.info("server stopped")
 
@@ -243,26 +240,15 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _start_grpc(core: InferenceCore, config: ServeConfig) -> Any:
-    try:
-        from mlp_serve.grpc_server import create_grpc_server
-    except ImportError as exc:
-        log.warning("gRPC front end unavailable: serving REST only", reason=str(exc))
-        return None
-    server = create_grpc_server(core, config)
+async def _start_grpc(dataplane: DataPlane, config: ServeConfig) -> GrpcServer:
+    server = create_grpc_server(dataplane, config)
     await server.start()
     return server
 
 
-async def _stop_grpc(server: Any, grace: float) -> None:
-    if server is None:
-        return
-    try:
-        from mlp_serve.grpc_server import stop_grpc_server
-    except ImportError:
-        await server.stop(grace)
-        return
-    await stop_grpc_server(server, grace)
+async def _stop_grpc(server: GrpcServer | None, grace: float) -> None:
+    if server is not None:  # None: startup failed before the gRPC server was made
+        await stop_grpc_server(server, grace)
 
 
 async def _wait(task: asyncio.Task | None) -> None:
@@ -290,14 +276,3 @@ def _signals(stop: asyncio.Event, enabled: bool) -> Any:
         for sig in handled:
             with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(sig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mlp_serve.server REPO ...``: the same arguments as ``mlp serve``."""
-    from mlp_serve.cli import build_parser, run
-
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

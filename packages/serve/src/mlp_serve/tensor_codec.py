@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from mlp_serve.datatypes import element_size, to_numpy_dtype
+from mlp_core.tensors import element_size, to_numpy_dtype
 from mlp_serve.errors import InvalidInput
 
 _LENGTH = struct.Struct("<I")

@@ -1,6 +1,6 @@
 """Protocol-neutral requests and responses: what REST and gRPC both turn into and out of.
 
-The server core (:mod:`mlp_serve.core`) works on these; each front end only translates its wire
+The data plane (:mod:`mlp_serve.dataplane`) works on these; each front end only translates its wire
 format (JSON and binary tensors over HTTP, protobuf over gRPC) to and from them.
 """
 
@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from mlp_core.tensors import TensorSpec
 
 
 @dataclass
@@ -46,17 +48,10 @@ class InferResponse:
 
 
 @dataclass
-class TensorMetadata:
-    name: str
-    datatype: str
-    shape: list[int]  # -1 for a variable dimension
-
-
-@dataclass
 class ModelMetadata:
     name: str
     versions: list[str]
     platform: str  # "onnxruntime_onnx", as Triton names it
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
     parameters: dict[str, Any] = field(default_factory=dict)  # provider in use, task, labels

@@ -12,17 +12,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mlp_serve.datatypes import to_numpy_dtype
+from mlp_core.tensors import TensorSpec, to_numpy_dtype
 from mlp_serve.errors import InvalidInput
-from mlp_serve.types import InferRequest, TensorMetadata
+from mlp_serve.types import InferRequest
 
 
-def describe(tensor: TensorMetadata) -> str:
-    return f"{tensor.name} ({tensor.datatype} {tensor.shape})"
+def describe(tensor: TensorSpec) -> str:
+    return f"{tensor.name} ({tensor.datatype} {list(tensor.shape)})"
 
 
 def validate_inputs(
-    request: InferRequest, signature: Sequence[TensorMetadata], max_batch_size: int
+    request: InferRequest, signature: Sequence[TensorSpec], max_batch_size: int
 ) -> dict[str, np.ndarray]:
     """The request's inputs as arrays ready for onnxruntime, keyed by name.
 
@@ -53,7 +53,7 @@ def validate_inputs(
     return given
 
 
-def validate_outputs(requested: Sequence[str], signature: Sequence[TensorMetadata]) -> list[str]:
+def validate_outputs(requested: Sequence[str], signature: Sequence[TensorSpec]) -> list[str]:
     """The output names to return: the requested ones, or every output when none is asked for."""
     names = [t.name for t in signature]
     for name in requested:
@@ -65,7 +65,7 @@ def validate_outputs(requested: Sequence[str], signature: Sequence[TensorMetadat
 
 
 def _check_tensor(
-    spec: TensorMetadata, datatype: str, shape: list[int], data: np.ndarray, max_batch_size: int
+    spec: TensorSpec, datatype: str, shape: list[int], data: np.ndarray, max_batch_size: int
 ) -> np.ndarray:
     name = spec.name
     if datatype != spec.datatype:
@@ -89,7 +89,7 @@ def _check_tensor(
     return array
 
 
-def _check_shape(spec: TensorMetadata, shape: list[int], max_batch_size: int) -> None:
+def _check_shape(spec: TensorSpec, shape: list[int], max_batch_size: int) -> None:
     name, want = spec.name, spec.shape
     if any(not isinstance(d, int) or d < 0 for d in shape):
         raise InvalidInput(f"input {name!r}: shape {shape} has a negative or non-integer size")

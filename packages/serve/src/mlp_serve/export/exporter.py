@@ -30,6 +30,8 @@ import numpy as np
 import onnx
 
 from mlp_core.files import sha256_file
+from mlp_core.image_spec import ImageEvalSpec
+from mlp_core.tabular_spec import TabularPreprocessing
 from mlp_core.versions import mlp_packages
 from mlp_models import BaseModel, load_model
 from mlp_serve.bundle import (
@@ -45,7 +47,7 @@ from mlp_serve.errors import BundleError
 from mlp_serve.export import fidelity, graph, network, parity
 from mlp_serve.export.mlflow_log import log_bundle
 from mlp_serve.export.run_folder import RunFolder, read_run_folder
-from mlp_serve.export.tabular import TabularPipeline, read_pipeline
+from mlp_serve.export.tabular_reference import read_preprocessing, reference_inputs
 
 QUANTIZE_CHOICES = ("int8",)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -144,15 +146,15 @@ def export_run(
 class _TabularExport:
     def __init__(self, run: RunFolder, model: BaseModel, labels: list[str] | None) -> None:
         self.run, self.model, self.labels = run, model, labels
-        source = str(run.path / "preprocessing.json")
-        self.pipeline: TabularPipeline = read_pipeline(run.preprocessing, source=source)
+        source = str(run.files.preprocessing)
+        self.pipeline = read_preprocessing(run.preprocessing, source=source)
         _check_tabular_fit(self.pipeline, model, source)
         data = run.config.get("data") or {}
         self.samples = parity.tabular_samples(
             self.pipeline, run.data_path, delimiter=str(data.get("delimiter") or ",")
         )
         self.reference = parity.torch_outputs(
-            model, self.pipeline.reference(self.samples.numeric, self.samples.categorical)
+            model, reference_inputs(self.pipeline, self.samples.numeric, self.samples.categorical)
         )
 
     def build(self, net: onnx.ModelProto, precision: str) -> _Built:
@@ -211,7 +213,7 @@ class _TabularExport:
         record: dict[str, Any] = {
             "type": "tabular",
             "folded_into_graph": True,
-            "preprocessor": self.pipeline.raw,
+            "preprocessor": self.run.preprocessing["preprocessor"],  # as the run wrote it
         }
         if "row_schema" in self.run.preprocessing:
             record["row_schema"] = self.run.preprocessing["row_schema"]
@@ -221,13 +223,18 @@ class _TabularExport:
 class _ImageExport:
     def __init__(self, run: RunFolder, model: BaseModel, labels: list[str] | None) -> None:
         self.run, self.model, self.labels = run, model, labels
-        self.spec = dict(run.preprocessing)
-        shape = model.input_spec().inputs[0].shape[1:]
-        channels = len(self.spec.get("mean", []))
-        if channels and channels != shape[0]:
+        # Checked as the server will read it, so a spec it cannot apply fails the export.
+        self.spec = ImageEvalSpec.parse(
+            run.preprocessing,
+            error=BundleError,
+            hint="Export from a run folder written by this version of mlp train.",
+            source=f"image evaluation spec of {run.files.preprocessing}",
+        )
+        shape = model.signature().inputs[0].shape[1:]
+        if self.spec.channels != shape[0]:
             raise BundleError(
-                f"{run.path}: the evaluation spec normalises {channels} channel(s) but the model "
-                f"takes {shape[0]}"
+                f"{run.path}: the evaluation spec normalises {self.spec.channels} channel(s) but "
+                f"the model takes {shape[0]}"
             )
         self.images = parity.image_samples(self.spec, tuple(shape))
         self.reference = parity.torch_outputs(model, {"image": self.images})
@@ -255,7 +262,7 @@ class _ImageExport:
         return None
 
     def preprocessing(self) -> dict[str, Any]:
-        return self.spec
+        return dict(self.run.preprocessing)  # as the run wrote it
 
 
 def _compare(fp32: _Built, other: _Built, precision: str, task: str) -> dict[str, Any]:
@@ -283,7 +290,7 @@ def _compare(fp32: _Built, other: _Built, precision: str, task: str) -> dict[str
 
 
 def _kind(run: RunFolder, model: BaseModel) -> str:
-    inputs = model.input_spec().input_names
+    inputs = model.signature().input_names
     if run.preprocessing.get("type") == "tabular" and inputs[0] == "numeric":
         return "tabular"
     if run.preprocessing.get("kind") == "image" and inputs == ["image"]:
@@ -299,7 +306,7 @@ def _class_labels(run: RunFolder, model: BaseModel) -> list[str] | None:
     if model.task == "regression":
         return None
     names = run.dataset.get("class_names")
-    width = model.input_spec().outputs[0].shape[1]
+    width = model.signature().outputs[0].shape[1]
     classes = 2 if model.task == "binary" else width
     if names is None:
         return [str(i) for i in range(classes)]
@@ -310,8 +317,8 @@ def _class_labels(run: RunFolder, model: BaseModel) -> list[str] | None:
     return [str(n) for n in names]
 
 
-def _check_tabular_fit(pipeline: TabularPipeline, model: BaseModel, source: str) -> None:
-    spec = {s.name: s for s in model.input_spec().inputs}
+def _check_tabular_fit(pipeline: TabularPreprocessing, model: BaseModel, source: str) -> None:
+    spec = {s.name: s for s in model.signature().inputs}
     width = spec["numeric"].shape[1]
     cards = list(getattr(model, "categorical_cardinalities", []))
     if width != pipeline.network_width or cards != pipeline.cardinalities:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from mlp_core.tabular_spec import TabularPreprocessing, category_key
 from mlp_serve.errors import BundleError
-from mlp_serve.export.tabular import TabularPipeline, category_key
 
 ACCURACY_MARGIN = 0.15  # accuracy may be this much below the worst recorded split
 RMSE_FACTOR = 2.0  # rmse may be this many times the worst recorded split
@@ -26,7 +26,7 @@ MIN_ROWS = 20
 
 
 def reproduce(
-    pipeline: TabularPipeline,
+    pipeline: TabularPreprocessing,
     outputs: np.ndarray,
     targets: list[str] | None,
     metrics: dict[str, float],
@@ -45,9 +45,7 @@ def reproduce(
 def _classification(pipeline, outputs, targets, metrics, source) -> dict[str, Any]:
     classes = list(pipeline.target_classes or [])
     index = {name: i for i, name in enumerate(classes)}
-    known = [
-        (row, index.get(value, index.get(category_key(value)))) for row, value in enumerate(targets)
-    ]
+    known = [(row, _class_index(value, index)) for row, value in enumerate(targets)]
     known = [(row, label) for row, label in known if label is not None]
     recorded = {k: metrics[k] for k in ("val.accuracy", "test.accuracy") if k in metrics}
     if len(known) < MIN_ROWS or not recorded:
@@ -105,6 +103,15 @@ def _regression(outputs, targets, metrics, source) -> dict[str, Any]:
             "run folder. Nothing was written.",
         )
     return record
+
+
+def _class_index(text: str, index: dict[str, int]) -> int | None:
+    """The class of a target read as text: by its text, else by the key mlp-data gives the
+    number it spells (a whole float such as "2007.0" is the class "2007")."""
+    if text in index:
+        return index[text]
+    key = category_key(_float(text))
+    return None if key is None else index.get(key)
 
 
 def _float(text: str) -> float:

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mlp_serve.export.tabular import UNKNOWN_INDEX, TabularPipeline
+from mlp_core.tabular_spec import UNKNOWN_INDEX, TabularPreprocessing
 
 ML_DOMAIN = "ai.onnx.ml"
 ML_OPSET = 3
@@ -63,7 +63,7 @@ class _Builder:
 
 def tabular_model(
     network: onnx.ModelProto,
-    pipeline: TabularPipeline,
+    pipeline: TabularPreprocessing,
     *,
     task: str,
     class_labels: Sequence[str] | None,
@@ -82,7 +82,7 @@ def tabular_model(
     network_inputs = {i.name for i in network.graph.input}
     if pipeline.encoding == "onehot":
         for column, slot in zip(pipeline.categorical, slots):
-            depth = b.const("depth", np.array([column.cardinality], dtype=np.int64))
+            depth = b.const("depth", np.array([column.slots], dtype=np.int64))
             values = b.const("onehot_values", np.array([0.0, 1.0], dtype=np.float32))
             parts.append(b.node("OneHot", [slot, depth, values], axis=-1))
     elif slots:
@@ -112,7 +112,7 @@ def image_model(
 # -- preprocessing ------------------------------------------------------------------------------
 
 
-def _numeric(b: _Builder, pipeline: TabularPipeline) -> str:
+def _numeric(b: _Builder, pipeline: TabularPreprocessing) -> str:
     columns = pipeline.numeric
     fill = b.const("fill", np.array([c.fill_value for c in columns], dtype=np.float64))
     offset = b.const("offset", np.array([c.offset for c in columns], dtype=np.float64))
@@ -124,7 +124,7 @@ def _numeric(b: _Builder, pipeline: TabularPipeline) -> str:
     return b.node("Cast", [scaled], to=TensorProto.FLOAT)
 
 
-def _slots(b: _Builder, pipeline: TabularPipeline, j: int) -> str:
+def _slots(b: _Builder, pipeline: TabularPreprocessing, j: int) -> str:
     column = pipeline.categorical[j]
     position = b.const("column", np.array(j, dtype=np.int64))
     raw = b.node("Gather", ["categorical", position], axis=1)

@@ -1,6 +1,6 @@
 """The trained network as an ONNX model: torch export, fp16 conversion, int8 quantisation.
 
-The network is exported alone, with the input and output names of its ``input_spec()`` and a
+The network is exported alone, with the input and output names of its ``signature()`` and a
 dynamic batch axis; :mod:`mlp_serve.export.graph` then wraps it in preprocessing and
 postprocessing. Precision changes apply to the network only, so category lookup, imputation and
 softmax stay in float32 / exact arithmetic whatever the network runs in.
@@ -26,8 +26,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from mlp_core.tensors import BATCH_AXIS_NAME
 from mlp_models import BaseModel
-from mlp_models.spec import BATCH_AXIS_NAME
 from mlp_serve.errors import BundleError
 
 MIN_OPSET = 18  # what the dynamo exporter emits; LabelEncoder etc. need >= 17 anyway
@@ -54,7 +54,7 @@ def export_network(model: BaseModel, *, opset: int = MIN_OPSET) -> tuple[onnx.Mo
 
 
 def _export(model: BaseModel, exporter: str, opset: int) -> onnx.ModelProto:
-    spec = model.input_spec()
+    spec = model.signature()
     example = model.example_inputs(2)
     if exporter == "dynamo":
         batch = torch.export.Dim(BATCH_AXIS_NAME, min=1)
@@ -98,7 +98,7 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def _check_io(proto: onnx.ModelProto, model: BaseModel) -> None:
-    spec = model.input_spec()
+    spec = model.signature()
     names = [i.name for i in proto.graph.input]
     outputs = [o.name for o in proto.graph.output]
     if names != spec.input_names or outputs != spec.output_names:

@@ -3,7 +3,7 @@
 Tabular samples are raw rows: rows of the run's own data file (read with the csv module) when
 it can still be found, plus synthetic rows drawn from the fitted statistics and rows that
 exercise the edges (every value missing, unseen categories). The torch side preprocesses them
-with :meth:`TabularPipeline.reference` (float64 numpy, mlp-data's semantics) and runs the model
+with :func:`~mlp_serve.export.tabular_reference.reference_inputs` (float64 numpy, mlp-data's semantics) and runs the model
 with ``task_predictions``; the ONNX side is fed the same raw values. Image samples are seeded
 random pixels normalised as the evaluation spec says.
 
@@ -17,17 +17,17 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
+from mlp_core.image_spec import ImageEvalSpec
+from mlp_core.tabular_spec import TabularPreprocessing
 from mlp_models import BaseModel
 from mlp_models.tasks import task_predictions
 from mlp_serve.bundle import Parity
 from mlp_serve.errors import BundleError
-from mlp_serve.export.tabular import TabularPipeline
 
 # Max abs difference of probabilities (or scaled values) allowed per shipped precision.
 TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.25}
@@ -49,7 +49,7 @@ class TabularSamples:
     data_rows: int  # how many of the rows came from the data file (the first ones)
     source: str
 
-    def feeds(self, pipeline: TabularPipeline) -> dict[str, np.ndarray]:
+    def feeds(self, pipeline: TabularPreprocessing) -> dict[str, np.ndarray]:
         feeds: dict[str, np.ndarray] = {}
         if pipeline.numeric:
             feeds["numeric"] = self.numeric
@@ -62,7 +62,7 @@ class TabularSamples:
 
 
 def tabular_samples(
-    pipeline: TabularPipeline,
+    pipeline: TabularPreprocessing,
     data_path: Path | None,
     *,
     delimiter: str = ",",
@@ -106,7 +106,7 @@ def _draw_category(rng: np.random.Generator, categories: tuple[str, ...]) -> str
 
 
 def _read_csv_rows(
-    pipeline: TabularPipeline, path: Path, delimiter: str
+    pipeline: TabularPreprocessing, path: Path, delimiter: str
 ) -> tuple[list[list[float]], list[list[str]], list[str] | None]:
     try:
         with path.open(newline="", encoding="utf-8") as handle:
@@ -139,14 +139,15 @@ def _number(text: str | None) -> float:
         return math.nan
 
 
-def image_samples(spec: dict[str, Any], shape: tuple[int, ...], *, count: int = 16, seed: int = 0):
+def image_samples(
+    spec: ImageEvalSpec, shape: tuple[int, ...], *, count: int = 16, seed: int = 0
+) -> np.ndarray:
     """Seeded random pixels in [0, 255], scaled and normalised as the evaluation spec says."""
-    channels = shape[0]
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, size=(count, *shape)).astype(np.float32)
-    scale = np.float32(spec.get("scale", 1.0 / 255.0))
-    mean = np.asarray(spec.get("mean", [0.0] * channels), dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(spec.get("std", [1.0] * channels), dtype=np.float32).reshape(1, -1, 1, 1)
+    scale = np.float32(spec.scale)
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
     return ((pixels * scale - mean) / std).astype(np.float32)
 
 
@@ -155,7 +156,7 @@ def image_samples(spec: dict[str, Any], shape: tuple[int, ...], *, count: int = 
 
 def torch_outputs(model: BaseModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """What the trained model serves for these network inputs: probabilities or values."""
-    spec = model.input_spec()
+    spec = model.signature()
     tensors = tuple(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in spec.input_names)
     model.eval()
     with torch.no_grad():

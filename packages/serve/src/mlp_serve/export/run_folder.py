@@ -17,15 +17,10 @@ from pydantic import BaseModel, ConfigDict
 
 from mlp_core.config import load_config
 from mlp_core.errors import MlpError
+from mlp_core.runs import RunFiles
+from mlp_obs.tracking import tracked_run_id
 from mlp_serve.errors import BundleError
 
-CONFIG_FILE = "config.yaml"
-DATASET_FILE = "dataset.json"
-PREPROCESSING_FILE = "preprocessing.json"
-METRICS_FILE = "metrics.json"
-MODEL_FILE = "model"
-TRACKING_FILE = "tracking.jsonl"
-_REQUIRED = (CONFIG_FILE, DATASET_FILE, PREPROCESSING_FILE, MODEL_FILE)
 _RUN_HINT = "Pass the run folder `mlp train` printed as its last line."
 
 
@@ -42,11 +37,14 @@ class RunFolder:
     dataset: dict[str, Any]
     preprocessing: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
-    tracking: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def files(self) -> RunFiles:
+        return RunFiles(self.path)
 
     @property
     def model_path(self) -> Path:
-        return self.path / MODEL_FILE
+        return self.files.model
 
     @property
     def run_name(self) -> str:
@@ -54,11 +52,8 @@ class RunFolder:
 
     @property
     def mlflow_run_id(self) -> str | None:
-        """The run id of the tracking record's ``start_run`` event, if the run was tracked."""
-        for event in self.tracking:
-            if event.get("event") == "start_run" and event.get("run_id"):
-                return str(event["run_id"])
-        return None
+        """The tracker's run id of this run, if it was tracked (the exporter logs to it)."""
+        return tracked_run_id(self.path)
 
     @property
     def runs_root(self) -> Path:
@@ -90,23 +85,23 @@ def read_run_folder(path: str | Path) -> RunFolder:
     folder = Path(path)
     if not folder.is_dir():
         raise BundleError(f"{folder}: no such run folder", hint=_RUN_HINT)
-    missing = [name for name in _REQUIRED if not (folder / name).exists()]
+    files = RunFiles(folder)
+    missing = files.missing()
     if missing:
         raise BundleError(
             f"{folder} is not a finished training run: it lacks {', '.join(missing)}",
             hint=_RUN_HINT,
         )
     try:
-        config = load_config(folder / CONFIG_FILE, schema=_AnyConfig).model_dump()
+        config = load_config(files.config, schema=_AnyConfig).model_dump()
     except MlpError as exc:
-        raise BundleError(f"{folder / CONFIG_FILE}: {exc.message}", hint=_RUN_HINT) from None
+        raise BundleError(f"{files.config}: {exc.message}", hint=_RUN_HINT) from None
     return RunFolder(
         path=folder,
         config=config,
-        dataset=_read_json(folder / DATASET_FILE),
-        preprocessing=_read_json(folder / PREPROCESSING_FILE),
-        metrics=_read_json(folder / METRICS_FILE) if (folder / METRICS_FILE).exists() else {},
-        tracking=_read_jsonl(folder / TRACKING_FILE),
+        dataset=_read_json(files.dataset),
+        preprocessing=_read_json(files.preprocessing),
+        metrics=_read_json(files.metrics) if files.metrics.exists() else {},
     )
 
 
@@ -115,20 +110,3 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path}: cannot be read as JSON: {exc}", hint=_RUN_HINT) from None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a torn last line of a killed run; the rest of the record still counts
-        if isinstance(event, dict):
-            events.append(event)
-    return events

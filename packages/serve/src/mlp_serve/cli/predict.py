@@ -163,8 +163,8 @@ def _grpc_predict(args: argparse.Namespace) -> list[dict]:
 
     from mlp_serve._generated import mlp_inference_pb2 as pb
     from mlp_serve.bundle import FeatureSchema
-    from mlp_serve.grpc_codec import decode_infer_response, encode_infer_request
-    from mlp_serve.tabular import format_predictions, predictions_outputs, rows_request
+    from mlp_serve.grpc.codec import decode_infer_response, encode_infer_request
+    from mlp_serve.rows import format_predictions, predictions_outputs, rows_request
 
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
     with grpc.insecure_channel(args.grpc) as channel:
@@ -226,13 +226,13 @@ class _Labels:
 def _image_request(path: Path, params: dict[str, Any]) -> Any:
     import numpy as np
 
-    from mlp_serve.image_preprocess import check_spec, decode_image, preprocess
+    from mlp_serve.images import decode_image, eval_spec
     from mlp_serve.types import InferRequest, Tensor
 
     if "preprocessing" not in params:
         raise ServingError("this model lists no image preprocessing: not an image model")
-    spec = check_spec(json.loads(params["preprocessing"]))
-    pixels = preprocess(spec, decode_image(path.read_bytes(), str(path)))[np.newaxis]
+    spec = eval_spec(json.loads(params["preprocessing"]))
+    pixels = spec.apply(decode_image(path.read_bytes(), str(path)))[np.newaxis]
     return InferRequest(inputs=[Tensor("image", "FP32", list(pixels.shape), pixels)])
 
 

@@ -1,14 +1,14 @@
 """The REST front end: the Open Inference Protocol (KServe v2 / Triton) over FastAPI.
 
 Health, server and model metadata, model config, inference with JSON and binary tensors, and
-Triton's repository API; ``/metrics`` for Prometheus; ``/docs`` for people; the people-facing
-``/v1`` endpoints live in :mod:`mlp_serve.rest_v1`. Every error is answered as Triton answers it,
-``{"error": "..."}`` with its status, and never takes the server down.
+Triton's repository API; ``/metrics`` for Prometheus; ``/docs`` for people. The people-facing
+``/v1`` endpoints (JSON rows, image uploads) live in :mod:`mlp_serve.rest.convenience`. Every
+error is answered as Triton answers it, ``{"error": "..."}`` with its status, and never takes
+the server down.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -20,11 +20,13 @@ from mlp_core.errors import MlpError
 from mlp_obs.log import get_logger
 from mlp_obs.metrics import CollectorRegistry, render
 from mlp_serve import __version__
+from mlp_serve.auth import require_bearer
 from mlp_serve.config import ServeConfig
-from mlp_serve.core import InferenceCore
+from mlp_serve.dataplane import DataPlane
 from mlp_serve.errors import InferenceError, ModelNotFound, QueueFull, Unauthorized
-from mlp_serve.rest_codec import HEADER_LENGTH, decode_request, encode_response, parse_json
-from mlp_serve.rest_middleware import BodyLimit, RequestContext
+from mlp_serve.rest.codec import HEADER_LENGTH, decode_request, encode_response, parse_json
+from mlp_serve.rest.convenience import convenience_router
+from mlp_serve.rest.middleware import BodyLimit, RequestContext
 from mlp_serve.types import ModelMetadata
 
 log = get_logger(__name__)
@@ -34,26 +36,24 @@ EXPOSED_HEADERS = ["Inference-Header-Content-Length", "X-Request-ID", "Retry-Aft
 
 
 def create_app(
-    core: InferenceCore, config: ServeConfig, registry: CollectorRegistry | None = None
+    dataplane: DataPlane, config: ServeConfig, registry: CollectorRegistry | None = None
 ) -> FastAPI:
-    """The ASGI app serving ``core``; ``registry`` is what /metrics shows (default: the core's)."""
+    """The ASGI app serving ``dataplane``; ``registry`` is what /metrics shows (default: the data plane's)."""
     app = FastAPI(
         title="mlp serve",
         version=__version__,
         description="ONNX models on onnxruntime, over the Open Inference Protocol "
         "(KServe v2 / Triton): tritonclient and perf_analyzer work unchanged.",
     )
-    app.state.core = core
+    app.state.dataplane = dataplane
     app.state.config = config
     _add_error_handlers(app)
-    app.include_router(_health_router(core))
-    app.include_router(_model_router(core, config))
-    app.include_router(_repository_router(core, config))
-    from mlp_serve.rest_v1 import v1_router  # people's endpoints; import here keeps rest.py small
+    app.include_router(_health_router(dataplane))
+    app.include_router(_model_router(dataplane, config))
+    app.include_router(_repository_router(dataplane, config))
+    app.include_router(convenience_router(dataplane, inference_auth(config)))
 
-    app.include_router(v1_router(core, inference_auth(config)))
-
-    metrics_registry = registry if registry is not None else core.registry
+    metrics_registry = registry if registry is not None else dataplane.registry
 
     @app.get("/metrics", tags=["observability"], summary="Prometheus metrics")
     def metrics() -> Response:
@@ -87,17 +87,12 @@ def _bearer_check(token: str | None, what: str) -> Any:
 
 
 def _verify_bearer(request: Request, token: str | None, what: str) -> None:
-    if token is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    ):
-        raise Unauthorized(
-            f"{what} needs the header 'Authorization: Bearer <token>'",
-            hint="Ask the server's operator for the token.",
-        )
+    require_bearer(
+        request.headers.get("authorization", ""),
+        token,
+        refusal=f"{what} needs the header 'Authorization: Bearer <token>'",
+        hint="Ask the server's operator for the token.",
+    )
 
 
 def inference_auth(config: ServeConfig) -> Any:
@@ -163,22 +158,22 @@ def _add_error_handlers(app: FastAPI) -> None:
 # -- routes ----------------------------------------------------------------------------------
 
 
-def _health_router(core: InferenceCore) -> APIRouter:
+def _health_router(dataplane: DataPlane) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/v2/health/live", summary="The server process is up")
     def live() -> JSONResponse:
-        ok = core.live()
+        ok = dataplane.live()
         return JSONResponse({"live": ok}, 200 if ok else 503)
 
     @router.get("/v2/health/ready", summary="Every served model is loaded and ready")
     def ready() -> JSONResponse:
-        ok = core.ready()
+        ok = dataplane.ready()
         return JSONResponse({"ready": ok}, 200 if ok else 503)
 
     @router.get("/v2", tags=["metadata"], summary="Server metadata")
     def server_metadata() -> dict:
-        return core.server_metadata()
+        return dataplane.server_metadata()
 
     return router
 
@@ -197,7 +192,7 @@ def _metadata_json(meta: ModelMetadata) -> dict:
     }
 
 
-def _model_router(core: InferenceCore, config: ServeConfig) -> APIRouter:
+def _model_router(dataplane: DataPlane, config: ServeConfig) -> APIRouter:
     router = APIRouter(tags=["models"], dependencies=[inference_auth(config)])
 
     def both(suffix: str, method: str = "GET", **kwargs: Any) -> Any:
@@ -214,19 +209,19 @@ def _model_router(core: InferenceCore, config: ServeConfig) -> APIRouter:
 
     @both("", summary="Model metadata: versions, inputs and outputs")
     def metadata(model: str, version: str | None = None) -> dict:
-        return _metadata_json(core.model_metadata(model, version))
+        return _metadata_json(dataplane.model_metadata(model, version))
 
     @both("/ready", summary="Whether the model (version) can answer")
     def model_ready(model: str, version: str | None = None) -> JSONResponse:
-        if core.model_ready(model, version):
+        if dataplane.model_ready(model, version):
             return JSONResponse({"name": model, "ready": True})
-        if model not in core.repository.names():
+        if model not in dataplane.repository.names():
             raise ModelNotFound(f"unknown model {model!r}")
         return JSONResponse({"name": model, "ready": False}, 503)
 
     @both("/config", summary="Model configuration, in Triton's JSON form")
     def model_config(model: str, version: str | None = None) -> dict:
-        return core.model_config(model, version)
+        return dataplane.model_config(model, version)
 
     @both(
         "/infer",
@@ -237,14 +232,14 @@ def _model_router(core: InferenceCore, config: ServeConfig) -> APIRouter:
     async def infer(request: Request, model: str, version: str | None = None) -> Response:
         body = await request.body()
         infer_request = decode_request(body, request.headers.get(HEADER_LENGTH))
-        response = await core.infer(model, version, infer_request, PROTOCOL)
+        response = await dataplane.infer(model, version, infer_request, PROTOCOL)
         content, headers = encode_response(response, infer_request)
         return Response(content, headers=headers)
 
     return router
 
 
-def _repository_router(core: InferenceCore, config: ServeConfig) -> APIRouter:
+def _repository_router(dataplane: DataPlane, config: ServeConfig) -> APIRouter:
     router = APIRouter(tags=["repository"])
 
     @router.post(
@@ -257,7 +252,7 @@ def _repository_router(core: InferenceCore, config: ServeConfig) -> APIRouter:
         ready_only = False
         if body.strip():
             ready_only = bool(parse_json(body).get("ready", False))
-        rows = core.repository_index()
+        rows = dataplane.repository_index()
         return [r for r in rows if r["state"] == "READY"] if ready_only else rows
 
     @router.post(
@@ -266,7 +261,7 @@ def _repository_router(core: InferenceCore, config: ServeConfig) -> APIRouter:
         dependencies=[_admin_auth(config)],
     )
     async def load(model: str) -> dict:
-        await core.load_model(model)
+        await dataplane.load_model(model)
         return {}
 
     @router.post(
@@ -275,7 +270,7 @@ def _repository_router(core: InferenceCore, config: ServeConfig) -> APIRouter:
         dependencies=[_admin_auth(config)],
     )
     async def unload(model: str) -> dict:
-        await core.unload_model(model)
+        await dataplane.unload_model(model)
         return {}
 
     return router

@@ -2,8 +2,11 @@
 
 ``POST /v1/models/{m}/predict`` takes raw tabular features by column name; ``POST
 /v1/models/{m}/predict/image`` takes JPEG or PNG uploads (form field ``file``, repeatable for a
-batch). Both go through the same core as the v2 protocol (validation, batching, metrics) and
+batch). Both go through the same data plane as the v2 protocol (validation, batching, metrics) and
 answer ``{"predictions": [...]}`` with the bundle's class labels.
+
+The ``/v1`` in the paths is this server's own version of these endpoints; they are not KServe's
+V1 protocol (``:predict`` with ``instances``), which mlp-serve does not speak.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from mlp_serve.core import InferenceCore
+from mlp_serve.dataplane import DataPlane
 from mlp_serve.errors import InvalidInput
-from mlp_serve.image_preprocess import check_spec, decode_image, preprocess
-from mlp_serve.rest_codec import parse_json
-from mlp_serve.tabular import format_predictions, predictions_outputs, rows_request
+from mlp_serve.images import decode_image, eval_spec
+from mlp_serve.rest.codec import parse_json
+from mlp_serve.rows import format_predictions, predictions_outputs, rows_request
 from mlp_serve.types import InferRequest, Tensor
 
 PROTOCOL = "rest"
@@ -41,7 +44,7 @@ class Predictions(BaseModel):
     )
 
 
-def v1_router(core: InferenceCore, auth: Any) -> APIRouter:
+def convenience_router(dataplane: DataPlane, auth: Any) -> APIRouter:
     router = APIRouter(tags=["predict"], dependencies=[auth])
 
     @router.post(
@@ -56,7 +59,7 @@ def v1_router(core: InferenceCore, auth: Any) -> APIRouter:
         },
     )
     async def predict(request: Request, model: str, version: str | None = None) -> dict:
-        entry = core.model_entry(model, version)
+        entry = dataplane.model_entry(model, version)
         manifest = entry.manifest
         if manifest is None or manifest.feature_schema is None:
             raise InvalidInput(
@@ -68,7 +71,7 @@ def v1_router(core: InferenceCore, auth: Any) -> APIRouter:
         output_names = [t.name for t in entry.runtime.outputs]
         infer_request = rows_request(manifest.feature_schema, document.get("rows"), input_names)
         infer_request.outputs = predictions_outputs(output_names)
-        response = await core.infer(model, str(entry.version), infer_request, PROTOCOL)
+        response = await dataplane.infer(model, str(entry.version), infer_request, PROTOCOL)
         return {"predictions": format_predictions(response, manifest)}
 
     @router.post(
@@ -96,14 +99,14 @@ def v1_router(core: InferenceCore, auth: Any) -> APIRouter:
         },
     )
     async def predict_image(request: Request, model: str, version: str | None = None) -> dict:
-        entry = core.model_entry(model, version)
+        entry = dataplane.model_entry(model, version)
         manifest = entry.manifest
         if manifest is None or manifest.kind != "image" or not manifest.preprocessing:
             raise InvalidInput(
                 f"model {model!r} is not an image bundle with a preprocessing spec",
                 hint=f"Send tensors to /v2/models/{model}/infer instead.",
             )
-        spec = check_spec(manifest.preprocessing)
+        spec = eval_spec(manifest.preprocessing)
         try:
             form = await request.form()
         except InvalidInput:
@@ -117,13 +120,13 @@ def v1_router(core: InferenceCore, auth: Any) -> APIRouter:
         images = []
         for upload in uploads:
             data = await upload.read()
-            images.append(preprocess(spec, decode_image(data, f"upload {upload.filename!r}")))
+            images.append(spec.apply(decode_image(data, f"upload {upload.filename!r}")))
         batch = np.stack(images)
         infer_request = InferRequest(
             inputs=[Tensor(IMAGE_INPUT, "FP32", list(batch.shape), batch)],
             outputs=predictions_outputs([t.name for t in entry.runtime.outputs]),
         )
-        response = await core.infer(model, str(entry.version), infer_request, PROTOCOL)
+        response = await dataplane.infer(model, str(entry.version), infer_request, PROTOCOL)
         return {"predictions": format_predictions(response, manifest)}
 
     return router

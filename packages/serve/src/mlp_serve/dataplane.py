@@ -1,16 +1,16 @@
-"""The inference core that every front end (REST, gRPC) shares.
+"""The data plane that every front end (REST, gRPC) shares.
 
 It owns the model repository, the runners (dynamic batchers) and the thread pool onnxruntime
 runs in, and answers in protocol-neutral types (:mod:`mlp_serve.types`). A front end only
 translates its wire format; it never touches onnxruntime. Every failure of a request leaves
-:meth:`InferenceCore.infer` as an :class:`~mlp_serve.errors.InferenceError`, which carries the
+:meth:`DataPlane.infer` as an :class:`~mlp_serve.errors.InferenceError`, which carries the
 HTTP status and gRPC code to answer with.
 
-The core lives on one event loop. :meth:`InferenceCore.infer_in_thread` is the one entry meant
+The data plane lives on one event loop. :meth:`DataPlane.infer_in_thread` is the one entry meant
 for other threads (the gRPC front end's call threads): it answers a request in the calling
 thread, reading the repository's snapshot and going through the model's runner (a batcher
 shared with the loop's requests, or a direct run), and counts the request in flight under a
-lock, so that :meth:`InferenceCore.stop` waits for it too.
+lock, so that :meth:`DataPlane.stop` waits for it too.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from mlp_core.tensors import TensorSpec, from_numpy_dtype
 from mlp_obs.log import get_logger
 
 # mlp-obs owns the Prometheus dependency; its module re-exports the registry class.
@@ -35,7 +36,6 @@ from mlp_obs.metrics import CollectorRegistry, InferenceMetrics
 from mlp_serve import __version__
 from mlp_serve.batching import DirectRunner, DynamicBatcher
 from mlp_serve.config import ServeConfig
-from mlp_serve.datatypes import from_numpy_dtype
 from mlp_serve.errors import (
     InferenceError,
     InvalidInput,
@@ -45,7 +45,7 @@ from mlp_serve.errors import (
 )
 from mlp_serve.repository import ModelRepository, ModelVersion
 from mlp_serve.runtime import ModelRuntime
-from mlp_serve.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorMetadata
+from mlp_serve.types import InferRequest, InferResponse, ModelMetadata, Tensor
 from mlp_serve.validation import validate_inputs, validate_outputs
 
 log = get_logger(__name__)
@@ -74,7 +74,7 @@ def status_label(error: BaseException) -> str:
     return "error"
 
 
-class InferenceCore:
+class DataPlane:
     def __init__(
         self,
         repository_path: str | os.PathLike[str],
@@ -119,7 +119,7 @@ class InferenceCore:
         if self.config.poll_seconds:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
         log.info(
-            "inference core started",
+            "data plane started",
             repository=str(self.repository.root),
             ready=self.repository.index(),
         )
@@ -146,7 +146,7 @@ class InferenceCore:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._load_executor.shutdown(wait=False, cancel_futures=True)
         self._stopped = True
-        log.info("inference core stopped")
+        log.info("data plane stopped")
 
     def live(self) -> bool:
         return not self._stopped
@@ -174,8 +174,8 @@ class InferenceCore:
             name=name,
             versions=versions if version in (None, "") else [str(entry.version)],
             platform=PLATFORM,
-            inputs=_copy(entry.runtime.inputs),
-            outputs=_copy(entry.runtime.outputs),
+            inputs=list(entry.runtime.inputs),
+            outputs=list(entry.runtime.outputs),
             parameters=self._parameters(entry),
         )
 
@@ -382,11 +382,7 @@ class InferenceCore:
             log.debug("repository polled", seconds=round(time.perf_counter() - started, 4))
 
 
-def _copy(tensors: list[TensorMetadata]) -> list[TensorMetadata]:
-    return [TensorMetadata(t.name, t.datatype, list(t.shape)) for t in tensors]
-
-
-def _triton_tensor(tensor: TensorMetadata, max_batch_size: int) -> dict:
+def _triton_tensor(tensor: TensorSpec, max_batch_size: int) -> dict:
     # Triton leaves the batch axis out of dims when the model batches (max_batch_size > 0).
     dims = tensor.shape[1:] if max_batch_size > 0 else tensor.shape
     data_type = _TRITON_TYPES.get(tensor.datatype, f"TYPE_{tensor.datatype}")

@@ -22,9 +22,9 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from mlp_core.errors import ServingError
+from mlp_core.tensors import DATATYPES, TensorSpec, to_numpy_dtype
 from mlp_serve._generated import mlp_inference_pb2 as pb
 from mlp_serve._generated import mlp_model_config_pb2 as pb_config
-from mlp_serve.datatypes import DATATYPES, to_numpy_dtype
 from mlp_serve.errors import InvalidInput
 from mlp_serve.tensor_codec import array_from_raw, array_to_raw
 from mlp_serve.types import (
@@ -33,7 +33,6 @@ from mlp_serve.types import (
     ModelMetadata,
     RequestedOutput,
     Tensor,
-    TensorMetadata,
 )
 
 M = TypeVar("M", bound=Message)
@@ -288,7 +287,7 @@ def encode_server_metadata(metadata: Mapping[str, Any]) -> pb.ServerMetadataResp
 
 
 def encode_model_metadata(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
-    def tensors(items: list[TensorMetadata]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    def tensors(items: list[TensorSpec]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
         return [
             pb.ModelMetadataResponse.TensorMetadata(
                 name=t.name, datatype=t.datatype, shape=[int(d) for d in t.shape]
@@ -306,7 +305,7 @@ def encode_model_metadata(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
 
 
 def encode_model_config(config: Mapping[str, Any]) -> pb.ModelConfigResponse:
-    """A ModelConfigResponse from the core's Triton-style config dict.
+    """A ModelConfigResponse from the data plane's Triton-style config dict.
 
     Datatypes may be given as Triton's ``TYPE_FP32`` or KServe's ``FP32``; parameters as
     Triton's ``{"string_value": ...}`` or plain values. Keys Triton has and this proto leaves

@@ -1,4 +1,4 @@
-"""The REST wire format of the Open Inference Protocol, to and from the core's types.
+"""The REST wire format of the Open Inference Protocol, to and from the data plane's types.
 
 A request body is a JSON document, optionally followed by binary tensor data (the binary tensor
 extension): the ``Inference-Header-Content-Length`` header then gives the JSON's length, and
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mlp_serve.datatypes import DATATYPES, to_numpy_dtype
+from mlp_core.tensors import DATATYPES, to_numpy_dtype
 from mlp_serve.errors import InvalidInput
 from mlp_serve.tensor_codec import array_from_raw, array_to_raw
 from mlp_serve.types import InferRequest, InferResponse, RequestedOutput, Tensor

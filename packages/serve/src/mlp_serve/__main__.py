@@ -1,0 +1,10 @@
+"""``python -m mlp_serve REPO [--http-port ...]``: the server, with the arguments of ``mlp serve``."""
+
+from __future__ import annotations
+
+import sys
+
+from mlp_serve.cli.serve import build_parser, run
+
+if __name__ == "__main__":
+    sys.exit(run(build_parser().parse_args()))
