@@ -7,9 +7,9 @@ import torch
 
 from mlp_core import batch
 from mlp_core.errors import ConfigError, DataError, RegistryError
-from mlp_data.csv_adapter import CSVAdapter
 from mlp_data.registry import create_adapter, list_adapters
-from mlp_data.tabular import TabularPreprocessor
+from mlp_data.tabular.adapter import CSVAdapter
+from mlp_data.tabular.preprocessor import TabularPreprocessor
 
 
 def adapter(path, **options) -> CSVAdapter:
@@ -57,9 +57,9 @@ def test_raw_penguins_with_an_explicit_schema(penguins_raw_csv):
     info = data.info()
     assert [n.split()[0] for n in info.class_names] == ["Adelie", "Chinstrap", "Gentoo"]
     island, sex, clutch = data.preprocessor.categorical
-    assert island.categories == ["Biscoe", "Dream", "Torgersen"]
+    assert island.categories == ("Biscoe", "Dream", "Torgersen")
     assert {"FEMALE", "MALE"} <= set(sex.categories) <= {"FEMALE", "MALE", "."}
-    assert clutch.categories == ["No", "Yes"]
+    assert clutch.categories == ("No", "Yes")
     # 3 numbers, then one-hot slots: each column's categories plus missing and unknown.
     assert info.model_inputs["num_numeric"] == 3 + 5 + len(sex.categories) + 2 + 4
     assert data.frame.columns.tolist() == [
@@ -96,9 +96,10 @@ def test_loader_batches_come_in_the_configured_sizes(penguins_csv):
     assert [len(b[batch.TARGET]) for b in loaders["val"]] == [50, 2]  # never dropped outside train
 
 
-def test_iter_batches_covers_the_split(penguins_csv):
-    data = adapter(penguins_csv, batch_size=100)
-    assert sum(len(b[batch.TARGET]) for b in data.iter_batches("train")) == 240
+def test_loaders_cover_every_row_once(penguins_csv):
+    loaders = adapter(penguins_csv, batch_size=100, shuffle=False).loaders()
+    sizes = {split: sum(len(b[batch.TARGET]) for b in loader) for split, loader in loaders.items()}
+    assert sizes == {"train": 240, "val": 52, "test": 52}
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import torch
 
 from mlp_core.batch import IMAGE, PATHS, TARGET
 from mlp_core.errors import ConfigError, DataError
-from mlp_data.image_files import SkippedFilesWarning
-from mlp_data.image_folder import ImageFolderAdapter
+from mlp_data.image.adapter import ImageFolderAdapter
+from mlp_data.image.files import SkippedFilesWarning
 from mlp_data.registry import create_adapter
 from mlp_data.synthetic import write_digits_folder
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from mlp_core.errors import ConfigError, DataError
-from mlp_data.csv_adapter import CSVConfig
-from mlp_data.schema import SchemaValidator, check_config, row_schema
+from mlp_data.registry import create_adapter
+from mlp_data.tabular.schema import SchemaValidator, load_schema, row_schema
 
 NUMERIC = ["bill_length_mm", "body_mass_g"]
 
@@ -67,7 +67,7 @@ def test_user_schema_from_yaml_with_bounds(penguins, tmp_path):
         "  species: {enum: [Adelie, Gentoo]}\n"
         "  body_mass_g: {type: number, minimum: 3000, maximum: 6000}\n"
     )
-    report = SchemaValidator.from_file(path, target="species").report(penguins)
+    report = SchemaValidator(load_schema(path), target="species").report(penguins)
     by_column = {v.column: v for v in report.violations}
     chinstrap = np.flatnonzero(penguins["species"].eq("Chinstrap").to_numpy())
     assert set(by_column["species"].rows) == set(chinstrap)
@@ -87,7 +87,7 @@ def test_schema_relating_columns_is_checked_row_by_row(penguins, tmp_path):
     path.write_text(json.dumps(schema))
     frame = penguins.copy()
     frame.loc[200, "island"] = "Dream"  # a Gentoo row
-    report = SchemaValidator.from_file(path, target="species").report(frame)
+    report = SchemaValidator(load_schema(path), target="species").report(frame)
     assert [(v.column, v.rows.tolist()) for v in report.violations] == [("island", [200])]
 
 
@@ -95,15 +95,16 @@ def test_invalid_schema_file_is_a_config_error(tmp_path):
     path = tmp_path / "rows.json"
     path.write_text('{"type": "object", "properties": {"a": {"type": "numbr"}}}')
     with pytest.raises(ConfigError, match="not a valid JSON Schema at properties/a/type"):
-        SchemaValidator.from_file(path)
+        load_schema(path)
 
 
 def test_dataset_config_lists_every_violation():
+    # The data section is checked by the adapter's own options model, as `mlp train` does.
     document = {"adapter": "csv", "batch_size": 0, "split": {"val": 2}, "task": "clustering"}
     with pytest.raises(ConfigError) as caught:
-        check_config(document, CSVConfig, source="data_config.yaml")
+        create_adapter(document, source="data_config.yaml")
     message = str(caught.value)
-    for expected in ("data.batch_size", "data.split.val", "data.task", "'path' is a required"):
+    for expected in ("data.batch_size", "data.split.val", "data.task", "data.path", "data.target"):
         assert expected in message
     assert "data_config.yaml" in message
-    check_config({"path": "x.csv", "target": "y"}, CSVConfig)  # a valid one passes
+    create_adapter({"adapter": "csv", "path": "x.csv", "target": "y"})  # a valid one passes

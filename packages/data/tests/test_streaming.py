@@ -12,14 +12,14 @@ import torch.multiprocessing as mp
 from mlp_core import batch
 from mlp_data.base import SplitConfig
 from mlp_data.registry import create_adapter
-from mlp_data.streaming import (
+from mlp_data.tabular.pieces import iter_batches, plan_pieces
+from mlp_data.tabular.preprocessor import PreprocessingOptions, TabularPreprocessor
+from mlp_data.tabular.streaming import (
     LargeScaleLoader,
     StreamingTabularDataset,
     TableStream,
     fit_streaming,
 )
-from mlp_data.table_pieces import iter_batches, plan_pieces
-from mlp_data.tabular import PreprocessingOptions, TabularPreprocessor
 
 ROWS = 5000
 

@@ -6,13 +6,14 @@ import pytest
 
 from mlp_core import batch
 from mlp_core.errors import DataError
-from mlp_data.tabular import (
+from mlp_core.tabular_spec import (
     FIRST_CATEGORY_INDEX,
     MISSING_INDEX,
     UNKNOWN_INDEX,
     PreprocessingOptions,
-    TabularPreprocessor,
+    TabularPreprocessing,
 )
+from mlp_data.tabular.preprocessor import TabularPreprocessor
 
 NUMERIC = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
 CATEGORICAL = ["island", "sex"]
@@ -55,7 +56,7 @@ def test_unseen_and_missing_categories_go_to_their_slots(penguins):
     assert island[0] == UNKNOWN_INDEX  # "Atlantis" never seen in training
     assert sex[1] == MISSING_INDEX
     col = prep.categorical[0]
-    assert col.categories == ["Biscoe", "Dream", "Torgersen"]
+    assert col.categories == ("Biscoe", "Dream", "Torgersen")
     assert out[batch.CATEGORICAL][0, 0] == FIRST_CATEGORY_INDEX + 2  # first row: Torgersen
     assert prep.model_inputs() == {"num_numeric": 4, "categorical_cardinalities": [5, 4]}
 
@@ -144,5 +145,32 @@ def test_serving_frame_without_target_gives_features_only(penguins):
 
 def test_loading_a_foreign_document_fails(tmp_path):
     (tmp_path / "x.json").write_text('{"format": "other"}')
-    with pytest.raises(DataError, match="not a mlp.tabular_preprocessor"):
+    with pytest.raises(DataError, match="expected a mlp.tabular_preprocessor version 1 document"):
         TabularPreprocessor.load(tmp_path / "x.json")
+
+
+def test_the_saved_document_is_the_core_contract_with_the_0_1_keys(penguins, tmp_path):
+    prep = fitted(penguins, encoding="index")
+    saved = json.loads(prep.save(tmp_path / "prep.json").read_text())
+    # The keys preprocessing.json files written by mlp-data 0.1 hold, so old runs still export.
+    assert set(saved) == {
+        "format", "version", "options", "task", "target", "target_classes", "numeric",
+        "categorical", "outputs",
+    }  # fmt: skip
+    assert set(saved["numeric"][0]) == {"name", "fill_value", "offset", "scale"}
+    assert set(saved["categorical"][0]) == {
+        "name", "categories", "missing_index", "unknown_index", "first_category_index",
+        "fill_index", "cardinality",
+    }  # fmt: skip
+    assert saved["categorical"][0]["cardinality"] == 5
+    assert saved["outputs"] == {batch.NUMERIC: NUMERIC, batch.CATEGORICAL: CATEGORICAL}
+    document = TabularPreprocessing.parse(saved)
+    assert document.to_dict() == prep.document().to_dict() == saved
+    assert TabularPreprocessor.from_document(document).to_dict() == saved
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf
+def test_a_column_the_contract_rejects_is_a_data_error_naming_it():
+    frame = pd.DataFrame({"x": [1.0, np.inf, 2.0]})
+    with pytest.raises(DataError, match="column 'x': cannot fit preprocessing"):
+        TabularPreprocessor(["x"], []).fit(frame)

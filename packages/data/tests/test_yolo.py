@@ -11,11 +11,11 @@ import yaml
 
 from mlp_core.batch import BOXES, IMAGE, PATHS
 from mlp_core.errors import DataError
-from mlp_data.image_files import SkippedFilesWarning
+from mlp_data.detection.adapter import YOLOAdapter, detection_collate
+from mlp_data.detection.yolo_format import label_path
+from mlp_data.image.files import SkippedFilesWarning
 from mlp_data.registry import create_adapter
 from mlp_data.synthetic import SHAPE_NAMES, write_shapes_dataset
-from mlp_data.yolo import YOLOAdapter, detection_collate
-from mlp_data.yolo_format import label_path
 
 SIZE = 32
 

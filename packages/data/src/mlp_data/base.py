@@ -24,10 +24,10 @@ SPLITS = ("train", "val", "test")
 class SplitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    val: float = Field(0.15, ge=0, lt=1, description="fraction of rows for validation")
-    test: float = Field(0.15, ge=0, lt=1, description="fraction of rows for testing")
-    seed: int = Field(42, ge=0)
-    stratify: bool = Field(True, description="keep class proportions (classification only)")
+    val: float = Field(default=0.15, ge=0, lt=1, description="fraction of rows for validation")
+    test: float = Field(default=0.15, ge=0, lt=1, description="fraction of rows for testing")
+    seed: int = Field(default=42, ge=0)
+    stratify: bool = Field(default=True, description="keep class proportions (classification only)")
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitConfig:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from mlp_data.distributed import distributed_place
 from mlp_data.sampler import EpochSampler
 
 
@@ -52,10 +52,12 @@ class UnifiedLoader:
         self._samplers: list[EpochSampler] = []
 
     def loader(self, dataset: Dataset, split: str) -> DataLoader:
+        if not isinstance(dataset, Sized):
+            raise TypeError(f"{type(dataset).__name__} has no length; a sampler needs one")
         training = split == "train"
         rank, world_size = self._place()
         sampler = EpochSampler(
-            len(dataset),  # type: ignore[arg-type]
+            len(dataset),
             shuffle=self.shuffle and training,
             seed=self.seed,
             rank=rank,
@@ -83,11 +85,7 @@ class UnifiedLoader:
     def _place(self) -> tuple[int, int]:
         if not self.distributed:
             return 0, 1
-        if self.rank is not None and self.world_size is not None:
-            return self.rank, self.world_size
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        raise ValueError("distributed=True needs rank and world_size, or an initialised group")
+        return distributed_place(self.rank, self.world_size, required=True)
 
     def set_epoch(self, epoch: int) -> None:
         for sampler in self._samplers:

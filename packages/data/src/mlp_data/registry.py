@@ -20,7 +20,13 @@ adapters: Registry[type[DataAdapter]] = Registry("data adapter", group="mlp.adap
 
 
 def register_adapter(name: str) -> Callable[[A], A]:
-    return adapters.register(name)
+    """Class decorator: ``@register_adapter("csv")`` makes ``data.adapter: csv`` build it."""
+
+    def add(cls: A) -> A:
+        adapters.register(name, cls)
+        return cls
+
+    return add
 
 
 def list_adapters() -> list[str]:

@@ -31,11 +31,13 @@ def split_indices(
     if labels is not None and len(labels) != num_rows:
         raise ValueError(f"{len(labels)} labels for {num_rows} rows")
     positions = np.arange(num_rows)
-    strata, classes = None, []
+    strata: np.ndarray | None = None
+    classes: list[object] = []
     if labels is not None and config.stratify:
         # Integer codes: scikit-learn sorts the strata, and sorting Python objects is slow.
         values = labels if isinstance(labels, np.ndarray) else np.asarray(labels, dtype=object)
-        strata, classes = pd.factorize(values, sort=True)
+        strata, uniques = pd.factorize(values, sort=True)
+        classes = uniques.tolist()
     # Two seeded cuts: test off the whole table, then val off the rest, sized so that val is
     # config.val of the whole table, not of the remainder.
     rest, test = _cut(positions, strata, classes, config.test, config.seed, "test")

@@ -1,9 +1,10 @@
 """Real image datasets written to disk for tests and demos, with nothing downloaded.
 
 - :func:`write_digits_folder`: scikit-learn's bundled 8x8 handwritten digits as PNGs in a
-  class-per-folder tree (for :class:`mlp_data.image_folder.ImageFolderAdapter`);
+  class-per-folder tree (for :class:`~mlp_data.image.adapter.ImageFolderAdapter`);
 - :func:`write_shapes_dataset`: rectangles, ellipses and triangles drawn with Pillow on noisy
-  backgrounds, with exact YOLO labels and a ``data.yaml`` (for :class:`mlp_data.yolo.YOLOAdapter`).
+  backgrounds, with exact YOLO labels and a ``data.yaml``
+  (for :class:`~mlp_data.detection.adapter.YOLOAdapter`).
 
 Both are deterministic: the same arguments write the same bytes.
 """
@@ -27,6 +28,7 @@ MAX_OBJECTS = 3
 # because YOLO allows both.
 EMPTY_EVERY = 4
 DIGIT_LEVELS = 16  # load_digits pixels run from 0 to 16
+DIGIT_SIDE = 8  # load_digits images are 8x8, flattened to 64 values a row
 
 
 def write_digits_folder(
@@ -38,14 +40,16 @@ def write_digits_folder(
     limit of a few dozen or more still holds every class.
     """
     root = Path(root)
-    digits = load_digits()
-    count = len(digits.images) if limit is None else min(limit, len(digits.images))
+    flat, labels = load_digits(return_X_y=True)
+    images = np.asarray(flat, dtype=np.float64).reshape(-1, DIGIT_SIDE, DIGIT_SIDE)
+    targets = np.asarray(labels)
+    count = len(images) if limit is None else min(limit, len(images))
     for index in range(count):
-        pixels = np.rint(digits.images[index] * (255 / DIGIT_LEVELS)).astype(np.uint8)
+        pixels = np.rint(images[index] * (255 / DIGIT_LEVELS)).astype(np.uint8)
         image = Image.fromarray(pixels, mode="L").resize(
             (image_size, image_size), Image.Resampling.BILINEAR
         )
-        folder = root / str(int(digits.target[index]))
+        folder = root / str(int(targets[index]))
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{index:04d}.png")
     return root

@@ -1,8 +1,10 @@
 """Tabular preprocessing fitted on the training split and saved as plain JSON.
 
-:class:`TabularPreprocessor` imputes, scales and encodes a table into the arrays a model reads
-(keys of :mod:`mlp_core.batch`). Every fitted number lives in its JSON form, never in a pickle,
-so an exporter can fold it into an ONNX graph and a server can reproduce it bit for bit.
+:class:`TabularPreprocessor` imputes, scales and encodes a table (pandas) into the arrays a model
+reads (keys of :mod:`mlp_core.batch`). What it fits is the typed document of
+:mod:`mlp_core.tabular_spec` (:class:`~mlp_core.tabular_spec.TabularPreprocessing`): its column
+records, slot layout and JSON are defined there once, for this fitter, for an exporter that
+folds them into an ONNX graph and for a server that reproduces them; never a pickle.
 
 Output layout
     ``numeric``      float32 [n, len(outputs.numeric)]: the numeric columns, each as
@@ -12,117 +14,38 @@ Output layout
                      categorical column, for an embedding table of ``cardinality`` rows.
     ``target``       int64 [n] class index (classification) or float32 [n] (regression); only
                      when the frame holds the target column.
-A key is left out when it would have no columns.
-
-Category slots
-    Slot 0 is *missing* (NaN/None), slot 1 is *unknown* (a category not seen in training), and
-    known categories follow in sorted order from slot 2. Category values are compared as text:
-    ``2007``, ``2007.0`` and ``"2007"`` are the same category.
-
-JSON format (``to_json()``; ``version`` changes when the meaning of a field does)::
-
-    {
-      "format": "mlp.tabular_preprocessor", "version": 1,
-      "options": {"numeric_impute": "mean", "numeric_fill_value": 0.0,
-                  "scaling": "standard", "categorical_impute": "missing_slot",
-                  "categorical_fill_value": "missing", "encoding": "onehot"},
-      "task": "classification",              # or "regression"
-      "target": "species",                   # null when fitted without a target
-      "target_classes": ["Adelie", ...],     # class index i <-> name; null for regression
-      "numeric": [{"name": "bill_length_mm",
-                   "fill_value": 43.92,      # replaces a missing value, before scaling
-                   "offset": 43.92, "scale": 5.45}],   # mean/std, min/range, or 0/1
-      "categorical": [{"name": "island",
-                       "categories": ["Biscoe", "Dream", "Torgersen"],  # slot 2, 3, 4
-                       "missing_index": 0, "unknown_index": 1, "first_category_index": 2,
-                       "fill_index": 0,      # slot a missing value goes to after imputation
-                       "cardinality": 5}],   # slots in all: embedding rows / one-hot width
-      "outputs": {"numeric": ["bill_length_mm", ..., "island=<missing>", "island=<unknown>",
-                              "island=Biscoe", ...],
-                  "categorical": []}         # column names of each output array, in order
-    }
+A key is left out when it would have no columns. Category slots (missing, unknown, then the
+known categories in sorted order) and the JSON format are documented in
+:mod:`mlp_core.tabular_spec`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ValidationError
 
 from mlp_core import batch
 from mlp_core.errors import DataError
 from mlp_core.files import atomic_write_text
+from mlp_core.tabular_spec import (
+    UNKNOWN_INDEX,
+    CategoricalColumn,
+    NumericColumn,
+    PreprocessingOptions,
+    TabularPreprocessing,
+    TabularTask,
+    category_key,
+)
+from mlp_data.tabular.files import numeric_with_bad_values
 
-FORMAT = "mlp.tabular_preprocessor"
-VERSION = 1
-
-MISSING_INDEX = 0
-UNKNOWN_INDEX = 1
-FIRST_CATEGORY_INDEX = 2
-
-NumericImpute = Literal["mean", "median", "constant", "most_frequent"]
-CategoricalImpute = Literal["missing_slot", "most_frequent", "constant"]
-Scaling = Literal["standard", "minmax", "none"]
-Encoding = Literal["onehot", "index"]
-TabularTask = Literal["classification", "regression"]
-
-
-@dataclass(frozen=True)
-class PreprocessingOptions:
-    """How to impute, scale and encode; the fitted numbers live in the preprocessor."""
-
-    numeric_impute: NumericImpute = "mean"
-    numeric_fill_value: float = 0.0
-    scaling: Scaling = "standard"
-    # "missing_slot" keeps missingness visible to the model (slot 0) instead of guessing a value.
-    categorical_impute: CategoricalImpute = "missing_slot"
-    categorical_fill_value: str = "missing"
-    encoding: Encoding = "onehot"
-
-
-@dataclass
-class NumericColumn:
-    name: str
-    fill_value: float
-    offset: float
-    scale: float
-
-
-@dataclass
-class CategoricalColumn:
-    name: str
-    categories: list[str]
-    fill_index: int = MISSING_INDEX
-    index: dict[str, int] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.index = {c: i + FIRST_CATEGORY_INDEX for i, c in enumerate(self.categories)}
-
-    @property
-    def cardinality(self) -> int:
-        return FIRST_CATEGORY_INDEX + len(self.categories)
-
-    def slot_names(self) -> list[str]:
-        return [f"{self.name}=<missing>", f"{self.name}=<unknown>"] + [
-            f"{self.name}={c}" for c in self.categories
-        ]
-
-
-def category_key(value: Any) -> str | None:
-    """The text a category value is compared by; ``None`` for a missing value."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return None
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))  # 2007.0 (an int column with gaps) is the category "2007"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    return str(value)
+Record = TypeVar("Record", bound=BaseModel)
 
 
 def sorted_categories(values: Any) -> list[str]:
@@ -154,7 +77,7 @@ class TabularPreprocessor:
         self.numeric_names = list(numeric)
         self.categorical_names = list(categorical)
         self.target = target
-        self.task = task
+        self.task: TabularTask = task
         self.options = options or PreprocessingOptions()
         self.numeric: list[NumericColumn] = []
         self.categorical: list[CategoricalColumn] = []
@@ -200,7 +123,7 @@ class TabularPreprocessor:
         # A constant column would divide by zero; it carries no signal, so map it to 0.
         if not np.isfinite(scale) or scale == 0.0:
             scale = 1.0
-        return NumericColumn(name, fill_value=fill, offset=offset, scale=scale)
+        return _record(NumericColumn, name=name, fill_value=fill, offset=offset, scale=scale)
 
     def _fit_categorical(self, name: str, column: pd.Series) -> CategoricalColumn:
         opts = self.options
@@ -208,21 +131,26 @@ class TabularPreprocessor:
         if opts.categorical_impute == "constant":
             categories.add(str(opts.categorical_fill_value))
         ordered = sorted_categories(list(categories))
-        encoded = CategoricalColumn(name, ordered)
+        encoded = _record(CategoricalColumn, name=name, categories=tuple(ordered))
+        fill: str | None = None
         if opts.categorical_impute == "constant":
-            encoded.fill_index = encoded.index[str(opts.categorical_fill_value)]
+            fill = str(opts.categorical_fill_value)
         elif opts.categorical_impute == "most_frequent" and ordered:
             codes, uniques = pd.factorize(column, use_na_sentinel=True)
             counts: dict[str, int] = {}
-            for key, count in zip(map(category_key, uniques), np.bincount(codes[codes >= 0])):
-                counts[key] = counts.get(key, 0) + int(count)
+            for value, count in zip(uniques, np.bincount(codes[codes >= 0])):
+                key = category_key(value)
+                if key is not None:
+                    counts[key] = counts.get(key, 0) + int(count)
             # Ties go to the first category in sorted order, so two fits agree.
-            top = min(counts, key=lambda key: (-counts[key], ordered.index(key)))
-            encoded.fill_index = encoded.index[top]
-        return encoded
+            fill = min(counts, key=lambda key: (-counts[key], ordered.index(key)))
+        if fill is None:
+            return encoded
+        # The slot comes from the column's own index, so the copy needs no new validation.
+        return encoded.model_copy(update={"fill_index": encoded.index[fill]})
 
-    def _set_classes(self, classes: list[str]) -> None:
-        self.target_classes = classes
+    def _set_classes(self, classes: Sequence[str]) -> None:
+        self.target_classes = list(classes)
         self._class_index = {c: i for i, c in enumerate(classes)}
 
     # -- transforming ----------------------------------------------------------------------
@@ -238,7 +166,7 @@ class TabularPreprocessor:
         slots = [self._slots(col, frame[col.name]) for col in self.categorical]
         if self.options.encoding == "onehot":
             for col, index in zip(self.categorical, slots):
-                onehot = np.zeros((rows, col.cardinality), dtype=np.float32)
+                onehot = np.zeros((rows, col.slots), dtype=np.float32)
                 onehot[np.arange(rows), index] = 1.0
                 parts.append(onehot)
         elif slots:
@@ -257,15 +185,12 @@ class TabularPreprocessor:
     def _slots(self, col: CategoricalColumn, column: pd.Series) -> np.ndarray:
         # Encode each distinct value once: the cost is per category, not per row.
         codes, uniques = pd.factorize(column, use_na_sentinel=True)
-        lookup = np.array(
-            [
-                col.fill_index if (key := category_key(u)) is None else col.index.get(key, 1)
-                for u in uniques
-            ]
-            + [col.fill_index],  # code -1 (missing) indexes the last entry
-            dtype=np.int64,
-        )
-        return lookup[codes]
+        lookup = [col.fill_index] * (len(uniques) + 1)  # code -1 (missing) indexes the last
+        for code, value in enumerate(uniques):
+            key = category_key(value)
+            if key is not None:
+                lookup[code] = col.index.get(key, UNKNOWN_INDEX)
+        return np.asarray(lookup, dtype=np.int64)[codes]
 
     def encode_target(self, column: pd.Series, *, source: str = "data") -> np.ndarray:
         name = self.target
@@ -283,7 +208,7 @@ class TabularPreprocessor:
         lookup = []
         for value in uniques:
             key = category_key(value)
-            if key not in self._class_index:
+            if key is None or key not in self._class_index:
                 row = int(np.flatnonzero(codes == len(lookup))[0])
                 raise DataError(
                     f"{source}: row {_row_label(column, row)}, column {name!r}: class {key!r} "
@@ -294,64 +219,34 @@ class TabularPreprocessor:
 
     # -- what a model and an exporter read -------------------------------------------------
 
+    def document(self) -> TabularPreprocessing:
+        """Everything fitted, as the typed document that exporters and servers read."""
+        if not self.fitted:
+            raise DataError("TabularPreprocessor must be fitted first")
+        return TabularPreprocessing(
+            options=self.options,
+            task=self.task,
+            target=self.target,
+            target_classes=tuple(self.target_classes) if self.target_classes is not None else None,
+            numeric=tuple(self.numeric),
+            categorical=tuple(self.categorical),
+        )
+
     @property
     def output_columns(self) -> dict[str, list[str]]:
-        numeric = [c.name for c in self.numeric]
-        categorical: list[str] = []
-        if self.options.encoding == "onehot":
-            for col in self.categorical:
-                numeric.extend(col.slot_names())
-        else:
-            categorical = [c.name for c in self.categorical]
-        return {batch.NUMERIC: numeric, batch.CATEGORICAL: categorical}
+        return self.document().output_columns
 
     def model_inputs(self) -> dict[str, Any]:
-        cardinalities = (
-            [c.cardinality for c in self.categorical] if self.options.encoding == "index" else []
-        )
+        document = self.document()
         return {
-            "num_numeric": len(self.output_columns[batch.NUMERIC]),
-            "categorical_cardinalities": cardinalities,
+            "num_numeric": document.network_width,
+            "categorical_cardinalities": document.cardinalities,
         }
 
     # -- JSON ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        if not self.fitted:
-            raise DataError("TabularPreprocessor must be fitted before it is saved")
-        opts = self.options
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "options": {
-                "numeric_impute": opts.numeric_impute,
-                "numeric_fill_value": float(opts.numeric_fill_value),
-                "scaling": opts.scaling,
-                "categorical_impute": opts.categorical_impute,
-                "categorical_fill_value": opts.categorical_fill_value,
-                "encoding": opts.encoding,
-            },
-            "task": self.task,
-            "target": self.target,
-            "target_classes": self.target_classes,
-            "numeric": [
-                {"name": c.name, "fill_value": c.fill_value, "offset": c.offset, "scale": c.scale}
-                for c in self.numeric
-            ],
-            "categorical": [
-                {
-                    "name": c.name,
-                    "categories": c.categories,
-                    "missing_index": MISSING_INDEX,
-                    "unknown_index": UNKNOWN_INDEX,
-                    "first_category_index": FIRST_CATEGORY_INDEX,
-                    "fill_index": c.fill_index,
-                    "cardinality": c.cardinality,
-                }
-                for c in self.categorical
-            ],
-            "outputs": self.output_columns,
-        }
+        return self.document().to_dict()
 
     def to_json(self) -> str:
         # allow_nan=False: a NaN would not be valid JSON for other readers (a server, onnx tools).
@@ -361,39 +256,37 @@ class TabularPreprocessor:
         return atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TabularPreprocessor:
-        if data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise DataError(
-                f"not a {FORMAT} version {VERSION} document "
-                f"(format={data.get('format')!r}, version={data.get('version')!r})"
-            )
-        for col in data["categorical"]:
-            slots = (col["missing_index"], col["unknown_index"], col["first_category_index"])
-            if slots != (MISSING_INDEX, UNKNOWN_INDEX, FIRST_CATEGORY_INDEX):
-                raise DataError(f"column {col['name']!r}: unsupported slot layout {slots}")
+    def from_document(cls, document: TabularPreprocessing) -> TabularPreprocessor:
+        """A fitted preprocessor that applies ``document``."""
         prep = cls(
-            [c["name"] for c in data["numeric"]],
-            [c["name"] for c in data["categorical"]],
-            target=data["target"],
-            task=data["task"],
-            options=PreprocessingOptions(**data["options"]),
+            document.numeric_names,
+            document.categorical_names,
+            target=document.target,
+            task=document.task,
+            options=document.options,
         )
-        prep.numeric = [
-            NumericColumn(c["name"], float(c["fill_value"]), float(c["offset"]), float(c["scale"]))
-            for c in data["numeric"]
-        ]
-        prep.categorical = [
-            CategoricalColumn(c["name"], list(c["categories"]), fill_index=int(c["fill_index"]))
-            for c in data["categorical"]
-        ]
-        if data["target_classes"] is not None:
-            prep._set_classes(list(data["target_classes"]))
+        prep.numeric = list(document.numeric)
+        prep.categorical = list(document.categorical)
+        if document.target_classes is not None:
+            prep._set_classes(document.target_classes)
         prep.fitted = True
         return prep
 
     @classmethod
-    def from_json(cls, text: str) -> TabularPreprocessor:
-        return cls.from_dict(json.loads(text))
+    def from_dict(
+        cls, data: dict[str, Any], *, source: str = "preprocessor document"
+    ) -> TabularPreprocessor:
+        return cls.from_document(TabularPreprocessing.parse(data, error=DataError, source=source))
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "preprocessor document") -> TabularPreprocessor:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{source}: not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data, source=source)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TabularPreprocessor:
@@ -401,10 +294,20 @@ class TabularPreprocessor:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise DataError(f"preprocessor file {path} does not exist") from None
-        try:
-            return cls.from_json(text)
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{path}: not a valid preprocessor file: {exc}") from None
+        return cls.from_json(text, source=str(path))
+
+
+def _record(model: type[Record], **fields: Any) -> Record:
+    """A column record; a value the contract rejects (an infinite mean, an empty category) is a
+    ``DataError`` naming the column, not a pydantic traceback."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(err["msg"] for err in exc.errors())
+        raise DataError(
+            f"column {fields.get('name')!r}: cannot fit preprocessing: {problems}",
+            hint="Check the column for infinite values or empty category text.",
+        ) from None
 
 
 def _require_columns(frame: pd.DataFrame, names: list[str], source: str) -> None:
@@ -417,17 +320,14 @@ def _require_columns(frame: pd.DataFrame, names: list[str], source: str) -> None
 
 def _numeric_values(column: pd.Series, name: str, source: str = "data") -> pd.Series:
     """The column as float64; text that is not a number is an error naming row and value."""
-    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
-        return column.astype(np.float64)
-    coerced = pd.to_numeric(column, errors="coerce")
-    bad = (coerced.isna() & column.notna()).to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
+    values, bad = numeric_with_bad_values(column)
+    if bad.size:
+        row = int(bad[0])
         raise DataError(
             f"{source}: row {_row_label(column, row)}, column {name!r}: expected a number, "
-            f"got {column.iloc[row]!r} ({int(bad.sum())} such rows)"
+            f"got {column.iloc[row]!r} ({bad.size} such rows)"
         )
-    return coerced.astype(np.float64)
+    return values
 
 
 def _row_label(column: pd.Series, position: int) -> int:

@@ -1,7 +1,7 @@
 """Streaming a table bigger than memory into training batches, across workers and ranks.
 
 :class:`StreamingTabularDataset` is an ``IterableDataset`` over the pieces of one file
-(:mod:`mlp_data.table_pieces`). Pieces are dealt round-robin to the ``world_size x num_workers``
+(:mod:`mlp_data.tabular.pieces`). Pieces are dealt round-robin to the ``world_size x num_workers``
 readers, rank-major, so each row is read by exactly one reader per epoch; ``set_epoch`` reshuffles
 which reader gets which piece (seeded), and rows are shuffled within each record batch. The rank
 and world size come from the arguments, else from ``torch.distributed`` when it is initialised.
@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mlp_core.tabular_spec import category_key
 from mlp_data.base import SplitConfig
-from mlp_data.schema import SchemaValidator
-from mlp_data.table_pieces import (
+from mlp_data.distributed import distributed_place
+from mlp_data.tabular.pieces import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_BLOCK_BYTES,
     DEFAULT_CHUNK_BYTES,
@@ -43,23 +43,11 @@ from mlp_data.table_pieces import (
     plan_pieces,
     read_piece,
 )
-from mlp_data.tabular import TabularPreprocessor, category_key, sorted_categories
+from mlp_data.tabular.preprocessor import TabularPreprocessor, sorted_categories
+from mlp_data.tabular.schema import SchemaValidator
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 _MASK64 = (1 << 64) - 1
-
-
-def distributed_place(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """``(rank, world_size)``: the arguments, else ``torch.distributed``'s, else ``(0, 1)``."""
-    if rank is None or world_size is None:
-        if dist.is_available() and dist.is_initialized():
-            rank = dist.get_rank() if rank is None else rank
-            world_size = dist.get_world_size() if world_size is None else world_size
-        else:
-            rank, world_size = rank or 0, world_size or 1
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world size {world_size}")
-    return rank, world_size
 
 
 def row_splits(piece: int, rows: np.ndarray, config: SplitConfig) -> np.ndarray:
@@ -164,7 +152,7 @@ def fit_streaming(
                 sizes[name] += int((codes == code).sum())
             if target is not None and preprocessor.task == "classification":
                 labels.update(k for k in map(category_key, frame[target].unique()) if k)
-            train = frame[codes == SPLIT_CODES["train"]]
+            train = frame.loc[codes == SPLIT_CODES["train"]]
             # Priority sampling: keep the rows with the smallest random keys, a uniform sample.
             keys = rng.random(len(train))
             sample = train if sample is None else pd.concat([sample, train], ignore_index=True)
@@ -281,6 +269,7 @@ class LargeScaleLoader(DataLoader):
         persistent_workers: bool = False,
         **kwargs: Any,
     ) -> None:
+        self.stream_dataset = dataset
         super().__init__(
             dataset,
             batch_size=None,
@@ -291,4 +280,4 @@ class LargeScaleLoader(DataLoader):
         )
 
     def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+        self.stream_dataset.set_epoch(epoch)

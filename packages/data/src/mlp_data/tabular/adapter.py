@@ -18,26 +18,28 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader, Dataset
 
 from mlp_core.errors import DataError
+from mlp_core.tabular_spec import PreprocessingOptions, category_key
 from mlp_data.base import SPLITS, AdapterConfig, DataAdapter, DatasetInfo
+from mlp_data.distributed import distributed_place
 from mlp_data.registry import register_adapter
-from mlp_data.schema import DEFAULT_MAX_REPORTED, SchemaValidator, load_schema, row_schema
 from mlp_data.splits import split_indices
-from mlp_data.streaming import (
+from mlp_data.tabular.dataset import TabularDataset, collate
+from mlp_data.tabular.files import numeric_with_bad_values, read_header, read_table
+from mlp_data.tabular.pieces import DEFAULT_BLOCK_BYTES, DEFAULT_CHUNK_BYTES, iter_batches
+from mlp_data.tabular.preprocessor import TabularPreprocessor, sorted_categories
+from mlp_data.tabular.schema import (
+    DEFAULT_MAX_REPORTED,
+    OnInvalid,
+    SchemaValidator,
+    load_schema,
+    row_schema,
+)
+from mlp_data.tabular.streaming import (
     LargeScaleLoader,
     StreamingTabularDataset,
     TableStream,
-    distributed_place,
     fit_streaming,
 )
-from mlp_data.table_pieces import DEFAULT_BLOCK_BYTES, DEFAULT_CHUNK_BYTES, iter_batches
-from mlp_data.tabular import (
-    PreprocessingOptions,
-    TabularPreprocessor,
-    category_key,
-    sorted_categories,
-)
-from mlp_data.tabular_dataset import TabularDataset, collate
-from mlp_data.tabular_files import numeric_with_bad_values, read_header, read_table
 
 # An integer target with at most this many distinct values is taken for class labels.
 AUTO_MAX_CLASSES = 20
@@ -47,40 +49,38 @@ class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PreprocessingConfig(_Options):
-    numeric_impute: Literal["mean", "median", "constant", "most_frequent"] = "mean"
-    numeric_fill_value: float = 0.0
-    scaling: Literal["standard", "minmax", "none"] = "standard"
-    categorical_impute: Literal["missing_slot", "most_frequent", "constant"] = "missing_slot"
-    categorical_fill_value: str = "missing"
-    encoding: Literal["onehot", "index"] = Field(
-        "onehot", description="onehot columns in `numeric`, or slot indices for embeddings"
-    )
-
-
 class ValidationConfig(_Options):
-    schema_file: Path | None = Field(None, description="JSON/YAML row schema; else generated")
-    on_invalid: Literal["fail", "drop"] = "fail"
-    max_reported: int = Field(DEFAULT_MAX_REPORTED, gt=0)
+    schema_file: Path | None = Field(
+        default=None, description="JSON/YAML row schema; else generated"
+    )
+    on_invalid: OnInvalid = "fail"
+    max_reported: int = Field(default=DEFAULT_MAX_REPORTED, gt=0)
 
 
 class StreamingConfig(_Options):
     enabled: bool = False
-    chunk_bytes: int = Field(DEFAULT_CHUNK_BYTES, gt=0, description="CSV bytes per shared piece")
-    block_bytes: int = Field(DEFAULT_BLOCK_BYTES, gt=0, description="CSV bytes per read batch")
-    fit_rows: int = Field(100_000, gt=0, description="training rows sampled to fit on")
+    chunk_bytes: int = Field(
+        default=DEFAULT_CHUNK_BYTES, gt=0, description="CSV bytes per shared piece"
+    )
+    block_bytes: int = Field(
+        default=DEFAULT_BLOCK_BYTES, gt=0, description="CSV bytes per read batch"
+    )
+    fit_rows: int = Field(default=100_000, gt=0, description="training rows sampled to fit on")
 
 
 class CSVConfig(AdapterConfig):
     adapter: str = "csv"
-    path: Path = Field(..., description="CSV, or Parquet (.parquet/.pq) file")
+    # Required here: narrower than DataSection's optional path. Sound at run time, because
+    # validate_assignment checks an assignment with this class's type, which pyright cannot see.
+    path: Path = Field(..., description="CSV, or Parquet (.parquet/.pq) file")  # pyright: ignore[reportIncompatibleVariableOverride]
     target: str
     task: Literal["classification", "regression", "auto"] = "auto"
     numeric: list[str] | None = None
     categorical: list[str] | None = None
     drop: list[str] = Field(default_factory=list)
-    delimiter: str = Field(",", min_length=1, max_length=1)
-    preprocessing: PreprocessingConfig = PreprocessingConfig()
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    # The options of the saved preprocessing document itself: one definition for both.
+    preprocessing: PreprocessingOptions = PreprocessingOptions()
     validation: ValidationConfig = ValidationConfig()
     streaming: StreamingConfig = StreamingConfig()
 
@@ -206,7 +206,8 @@ class CSVAdapter(DataAdapter):
         if self.task == "classification" and self.classes is not None:
             # Class indices, found once per distinct value rather than once per row.
             codes, uniques = pd.factorize(self.frame[self.config.target])
-            index = {name: i for i, name in enumerate(self.classes)}
+            # category_key gives None only for a missing value, which factorize leaves out.
+            index: dict[str | None, int] = {name: i for i, name in enumerate(self.classes)}
             labels = np.array([index[category_key(u)] for u in uniques], dtype=np.int64)[codes]
         self.indices = split_indices(len(self.frame), self.config.split, labels=labels)
         self.sizes = {name: len(rows) for name, rows in self.indices.items()}
@@ -218,7 +219,7 @@ class CSVAdapter(DataAdapter):
             self.categorical,
             target=config.target,
             task=self.task,
-            options=PreprocessingOptions(**config.preprocessing.model_dump()),
+            options=config.preprocessing,
         )
         if self.frame is not None:
             train = self.frame.iloc[self.indices["train"]]
@@ -244,24 +245,31 @@ class CSVAdapter(DataAdapter):
             self._datasets[split] = self._make_dataset(split)
         return self._datasets[split]
 
-    def _make_dataset(self, split: str, **streaming: Any) -> Dataset:
-        assert self.preprocessor is not None
+    def _make_dataset(self, split: str) -> Dataset:
         if self.frame is None:
-            training = split == "train"
-            return StreamingTabularDataset(
-                self._stream(),
-                self.preprocessor,
-                batch_size=self.config.batch_size,
-                split=split,
-                split_config=self.config.split,
-                shuffle=self.config.shuffle and training,
-                seed=self.config.split.seed,
-                drop_last=self.config.drop_last and training,
-                validator=self.validator,
-                **streaming,
-            )
+            return self._stream_dataset(split)
+        assert self.preprocessor is not None
         rows = self.frame.iloc[self.indices[split]]
         return TabularDataset(self.preprocessor.transform(rows, source=self.source))
+
+    def _stream_dataset(
+        self, split: str, *, rank: int | None = None, world_size: int | None = None
+    ) -> StreamingTabularDataset:
+        assert self.preprocessor is not None
+        training = split == "train"
+        return StreamingTabularDataset(
+            self._stream(),
+            self.preprocessor,
+            batch_size=self.config.batch_size,
+            split=split,
+            split_config=self.config.split,
+            shuffle=self.config.shuffle and training,
+            seed=self.config.split.seed,
+            drop_last=self.config.drop_last and training,
+            rank=rank,
+            world_size=world_size,
+            validator=self.validator,
+        )
 
     def loaders(
         self,
@@ -280,25 +288,13 @@ class CSVAdapter(DataAdapter):
         place = distributed_place(rank, world_size) if distributed else (0, 1)
         return {
             split: LargeScaleLoader(
-                self._make_dataset(split, rank=place[0], world_size=place[1]),  # type: ignore[arg-type]
+                self._stream_dataset(split, rank=place[0], world_size=place[1]),
                 num_workers=self.config.num_workers,
                 pin_memory=self.config.pin_memory,
                 persistent_workers=self.config.persistent_workers,
             )
             for split in splits
         }
-
-    def iter_batches(self, split: str | None = None) -> Any:
-        """Preprocessed batches of the whole file (or one split of a stream), one at a time."""
-        self.prepare()
-        if self.frame is not None:
-            yield from DataLoader(
-                self.dataset(split or "train"),
-                batch_size=self.config.batch_size,
-                collate_fn=collate,
-            )
-            return
-        yield from self._make_dataset(split or "train")  # type: ignore[misc]
 
     def info(self) -> DatasetInfo:
         self.prepare()

@@ -2,35 +2,29 @@
 
 Both transforms take a PIL image in any mode and return a float32 ``[C, H, W]`` tensor. The
 geometric steps run on the PIL image, so the evaluation transform is Pillow's resize plus an
-integer crop: :func:`mlp_data.image_spec.apply_eval_spec` reproduces it without torch from the
-plain data of :meth:`ImagePreprocessor.eval_spec`.
+integer crop: :meth:`mlp_core.image_spec.ImageEvalSpec.apply` reproduces it without torch from
+the typed spec that :meth:`ImagePreprocessor.eval_spec` returns.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torchvision.transforms import InterpolationMode, v2
 
-from mlp_core.errors import DataError
-from mlp_data.image_spec import (
-    CHANNEL_ORDER,
-    SPEC_KIND,
-    SPEC_VERSION,
-    check_eval_spec,
-)
+from mlp_core.image_spec import CHANNEL_ORDER, ColorMode, ImageEvalSpec, Interpolation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # One-channel models get the ImageNet statistics averaged over the three channels.
 IMAGENET_GREY_MEAN = (0.449,)
 IMAGENET_GREY_STD = (0.226,)
+# What ToDtype(float32, scale=True) multiplies uint8 pixels by.
 PIXEL_SCALE = 1.0 / 255.0
 
-Interpolation = Literal["nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"]
 Size = int | tuple[int, int]
 
 
@@ -40,14 +34,18 @@ class AugmentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    random_resized_crop: bool = Field(True, description="else resize and centre crop as in eval")
-    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="area fraction range")
-    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="aspect ratio range")
-    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
-    brightness: float = Field(0.0, ge=0)
-    contrast: float = Field(0.0, ge=0)
-    saturation: float = Field(0.0, ge=0)
-    hue: float = Field(0.0, ge=0, le=0.5)
+    random_resized_crop: bool = Field(
+        default=True, description="else resize and centre crop as in eval"
+    )
+    crop_scale: tuple[float, float] = Field(default=(0.08, 1.0), description="area fraction range")
+    crop_ratio: tuple[float, float] = Field(
+        default=(3 / 4, 4 / 3), description="aspect ratio range"
+    )
+    hflip: float = Field(default=0.5, ge=0, le=1, description="probability of a horizontal flip")
+    brightness: float = Field(default=0.0, ge=0)
+    contrast: float = Field(default=0.0, ge=0)
+    saturation: float = Field(default=0.0, ge=0)
+    hue: float = Field(default=0.0, ge=0, le=0.5)
 
     @field_validator("crop_scale", "crop_ratio")
     @classmethod
@@ -67,16 +65,16 @@ class ImageTransformConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_size: Size = Field(224, description="model input: an int for square, or [H, W]")
+    image_size: Size = Field(default=224, description="model input: an int for square, or [H, W]")
     resize: Size | None = Field(
-        None,
+        default=None,
         description="before the centre crop: an int resizes the shorter side, [H, W] exactly; "
         "default: image_size",
     )
     interpolation: Interpolation = "bilinear"
-    color_mode: Literal["RGB", "L"] = "RGB"
-    mean: tuple[float, ...] | None = Field(None, description="default: ImageNet's")
-    std: tuple[float, ...] | None = Field(None, description="default: ImageNet's")
+    color_mode: ColorMode = "RGB"
+    mean: tuple[float, ...] | None = Field(default=None, description="default: ImageNet's")
+    std: tuple[float, ...] | None = Field(default=None, description="default: ImageNet's")
     augment: AugmentConfig = AugmentConfig()
 
     @field_validator("image_size", "resize")
@@ -145,25 +143,6 @@ class ImagePreprocessor:
         keys = ImageTransformConfig.model_fields
         return cls(ImageTransformConfig(**{key: getattr(config, key) for key in keys}))
 
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> ImagePreprocessor:
-        """Rebuild a preprocessor whose evaluation transform is the one ``spec`` records."""
-        check_eval_spec(spec)
-        if spec["scale"] != PIXEL_SCALE:
-            # The torch transform scales with ToDtype, which divides by 255 and nothing else.
-            raise DataError(f"only a pixel scale of 1/255 can be rebuilt, got {spec['scale']}")
-        resize = spec["resize_size"]
-        config = ImageTransformConfig(
-            image_size=tuple(spec["crop_size"]),
-            resize=resize if isinstance(resize, int) else tuple(resize),
-            interpolation=spec["interpolation"],
-            color_mode=spec["color_mode"],
-            mean=tuple(spec["mean"]),
-            std=tuple(spec["std"]),
-            augment=AugmentConfig(enabled=False),
-        )
-        return cls(config)
-
     @property
     def channels(self) -> int:
         return len(CHANNEL_ORDER[self.config.color_mode])
@@ -171,25 +150,19 @@ class ImagePreprocessor:
     def transform(self, split: str) -> v2.Compose:
         return self.train_transform if split == "train" else self.eval_transform
 
-    def eval_spec(self) -> dict[str, Any]:
-        """The evaluation transform as JSON-ready data; see :mod:`mlp_data.image_spec`."""
+    def eval_spec(self) -> ImageEvalSpec:
+        """The evaluation transform as typed data (``.to_dict()`` is what a bundle holds)."""
         mode = self.config.color_mode
-        resize = self.resize_size
-        return {
-            "kind": SPEC_KIND,
-            "version": SPEC_VERSION,
-            "color_mode": mode,
-            "resize_size": resize if isinstance(resize, int) else list(resize),
-            "interpolation": self.config.interpolation,
-            "crop_size": list(self.crop_size),
-            "input_dtype": "uint8",
-            "scale": PIXEL_SCALE,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "channel_order": list(CHANNEL_ORDER[mode]),
-            "layout": "CHW",
-            "dtype": "float32",
-        }
+        return ImageEvalSpec(
+            color_mode=mode,
+            resize_size=self.resize_size,
+            interpolation=self.config.interpolation,
+            crop_size=self.crop_size,
+            scale=PIXEL_SCALE,
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+            channel_order=CHANNEL_ORDER[mode],
+        )
 
     def _eval_transform(self) -> v2.Compose:
         return v2.Compose(

@@ -16,13 +16,17 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mlp_core.errors import DataError
-from mlp_data.tabular_files import check_file, is_parquet, read_header
+from mlp_data.tabular.files import check_file, is_parquet, read_header
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 DEFAULT_CHUNK_BYTES = 64 << 20
 DEFAULT_BLOCK_BYTES = 4 << 20
@@ -135,7 +139,7 @@ class _ByteRange(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
         if self._left <= 0:
             return 0
         view = memoryview(buffer)[: self._left]

@@ -18,7 +18,8 @@ from torch.utils.data import Dataset, default_collate
 
 
 class TabularDataset(Dataset):
-    """Samples ``{key: tensor}`` from arrays of equal length, as :meth:`TabularPreprocessor.transform` returns."""
+    """Samples ``{key: tensor}`` from arrays of equal length, as
+    :meth:`~mlp_data.tabular.preprocessor.TabularPreprocessor.transform` returns them."""
 
     def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
         lengths = {key: len(value) for key, value in arrays.items()}

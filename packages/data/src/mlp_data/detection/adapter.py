@@ -1,4 +1,4 @@
-"""Object detection data in the YOLO format (see :mod:`mlp_data.yolo_format`).
+"""Object detection data in the YOLO format (see :mod:`mlp_data.detection.yolo_format`).
 
 Splits come from ``data.yaml``, never from a random cut. Every image is verified and every label
 line checked at load time; problems fail the load or drop the images they touch, as
@@ -21,17 +21,23 @@ from torch.utils.data import Dataset
 from mlp_core.batch import BOXES, IMAGE, PATHS
 from mlp_core.errors import ConfigError, DataError
 from mlp_data.base import AdapterConfig, DataAdapter, DatasetInfo
-from mlp_data.image_files import OnCorrupt, find_bad_images, handle_bad_files, open_image
-from mlp_data.image_transforms import AugmentConfig, ImagePreprocessor, ImageTransformConfig
+from mlp_data.detection.yolo_format import (
+    YOLODataYAML,
+    images_of,
+    label_path,
+    read_data_yaml,
+    read_labels,
+)
+from mlp_data.image.files import OnCorrupt, find_bad_images, handle_bad_files, open_image
+from mlp_data.image.transforms import AugmentConfig, ImagePreprocessor, ImageTransformConfig
 from mlp_data.registry import register_adapter
-from mlp_data.yolo_format import YOLODataYAML, images_of, label_path, read_data_yaml, read_labels
 
 DetectionSample = tuple[Path, np.ndarray]
 
 
 class YOLOConfig(AdapterConfig):
     adapter: str = "yolo"
-    imgsz: int = Field(640, gt=0, description="images are resized to imgsz x imgsz")
+    imgsz: int = Field(default=640, gt=0, description="images are resized to imgsz x imgsz")
     on_corrupt: OnCorrupt = "fail"
 
 
@@ -151,4 +157,4 @@ class YOLOAdapter(DataAdapter):
         )
 
     def preprocessing(self) -> dict[str, Any]:
-        return self.preprocessor.eval_spec()
+        return self.preprocessor.eval_spec().to_dict()

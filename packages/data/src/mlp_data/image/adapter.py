@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from mlp_core.batch import IMAGE, PATHS, TARGET
 from mlp_core.errors import ConfigError, DataError
 from mlp_data.base import AdapterConfig, DataAdapter, DatasetInfo
-from mlp_data.image_files import (
+from mlp_data.image.files import (
     IMAGE_EXTENSIONS,
     OnCorrupt,
     find_bad_images,
@@ -33,7 +33,7 @@ from mlp_data.image_files import (
     list_images,
     open_image,
 )
-from mlp_data.image_transforms import ImagePreprocessor, ImageTransformConfig
+from mlp_data.image.transforms import ImagePreprocessor, ImageTransformConfig
 from mlp_data.registry import register_adapter
 from mlp_data.splits import split_indices
 
@@ -128,7 +128,7 @@ class ImageFolderAdapter(DataAdapter):
         )
 
     def preprocessing(self) -> dict[str, Any]:
-        return self.preprocessor.eval_spec()
+        return self.preprocessor.eval_spec().to_dict()
 
 
 def _index_folder(root: Path) -> tuple[list[str], list[Sample]]:

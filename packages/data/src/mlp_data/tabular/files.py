@@ -140,10 +140,17 @@ def numeric_with_bad_values(column: pd.Series) -> tuple[pd.Series, np.ndarray]:
     """
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         return column.astype(np.float64), np.empty(0, dtype=np.int64)
-    coerced = pd.to_numeric(column, errors="coerce")
+    coerced = to_numbers(column)
     bad = np.flatnonzero((coerced.isna() & column.notna()).to_numpy())
     if bad.size == 0:
         return coerced.astype(np.float64), bad
     mixed = coerced.astype(object)
     mixed.iloc[bad] = column.iloc[bad].to_numpy(dtype=object)
     return mixed, bad
+
+
+def to_numbers(column: pd.Series) -> pd.Series:
+    """``pd.to_numeric(column, errors="coerce")``: what is not a number becomes NaN."""
+    # pandas annotates to_numeric as returning a scalar, array or Series for any input; a
+    # Series in gives a Series out, which the wrapper states to the type checker.
+    return pd.Series(pd.to_numeric(column, errors="coerce"), index=column.index, name=column.name)

@@ -1,4 +1,4 @@
-"""JSON Schema validation of table rows and of dataset configs (the ``jsonschema`` library).
+"""JSON Schema validation of table rows (the ``jsonschema`` library).
 
 A row schema is a JSON Schema for one row as an object: ``{"type": "object", "properties":
 {column: {...}}, "required": [...]}``. It is generated from an adapter's column lists
@@ -33,7 +33,6 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
-from pydantic import BaseModel
 
 from mlp_core.errors import ConfigError, DataError
 
@@ -202,10 +201,6 @@ class SchemaValidator:
             schema.get("properties", {}), dict
         )
 
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> SchemaValidator:
-        return cls(load_schema(path), source=str(path), **kwargs)
-
     def numeric_columns(self) -> list[str]:
         """Columns whose schema allows numbers only (so text in them is a type violation)."""
         names = []
@@ -337,32 +332,3 @@ def _native(value: Any) -> Any:
     if isinstance(value, pd.Timestamp):
         return value.isoformat()
     return value
-
-
-# -- dataset configs ---------------------------------------------------------------------------
-
-
-def config_schema(config_class: type[BaseModel]) -> dict[str, Any]:
-    """The JSON Schema of a dataset config model (e.g. ``CSVConfig``)."""
-    return {"$schema": DRAFT, **config_class.model_json_schema()}
-
-
-def check_config(
-    document: dict[str, Any],
-    schema: dict[str, Any] | type[BaseModel],
-    *,
-    section: str = "data",
-    source: str | None = None,
-) -> None:
-    """Raise one :class:`ConfigError` listing every JSON Schema violation of a config section."""
-    if isinstance(schema, type) and issubclass(schema, BaseModel):
-        schema = config_schema(schema)
-    validator = validator_for(schema, default=Draft202012Validator)(schema)
-    errors = sorted(validator.iter_errors(document), key=lambda e: [str(p) for p in e.path])
-    if not errors:
-        return
-    where = source or "<config>"
-    lines = [f"  - {where}: {'.'.join([section, *map(str, e.path)])}: {e.message}" for e in errors]
-    count = len(lines)
-    header = f"invalid {section} config ({count} problem{'s' if count != 1 else ''}):"
-    raise ConfigError("\n".join([header, *lines]))

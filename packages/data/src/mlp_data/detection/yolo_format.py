@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from mlp_core.errors import DataError
-from mlp_data.image_files import is_image_file, list_images
+from mlp_data.image.files import is_image_file, list_images
 
 DATA_YAML = "data.yaml"
 SPLIT_KEYS = ("train", "val", "test")
