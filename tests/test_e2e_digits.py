@@ -15,8 +15,8 @@ import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from mlp_core.image_spec import ImageEvalSpec
 from mlp_data import create_adapter
-from mlp_data.image_spec import apply_eval_spec
 from mlp_models import load_model
 from mlp_serve.config import ServeConfig
 from mlp_serve.export import export_run
@@ -76,7 +76,9 @@ def test_the_spec_replays_the_eval_transform(digits_run, bundle, pngs):
     for path in pngs:
         reference = transform(Image.open(path)).numpy()
         assert reference.shape == (1, 32, 32)
-        np.testing.assert_allclose(apply_eval_spec(spec, Image.open(path)), reference, atol=1e-6)
+        np.testing.assert_allclose(
+            ImageEvalSpec.parse(spec).apply(Image.open(path)), reference, atol=1e-6
+        )
 
 
 def test_uploaded_pngs_answer_as_the_trained_model(server, bundle, pngs, expected):

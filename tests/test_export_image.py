@@ -11,7 +11,7 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from mlp_data.image_spec import apply_eval_spec
+from mlp_core.image_spec import ImageEvalSpec
 from mlp_models import load_model
 from mlp_serve.export import export_run
 
@@ -30,7 +30,7 @@ def test_image_bundle_matches_torch_on_eval_spec_pixels(digits_run, tmp_path):
 
     files = sorted((Path(manifest.training["data"]["path"])).rglob("*.png"))[::12]
     assert len(files) >= 7
-    pixels = np.stack([apply_eval_spec(spec, Image.open(f)) for f in files])
+    pixels = np.stack([ImageEvalSpec.parse(spec).apply(Image.open(f)) for f in files])
     session = ort.InferenceSession(
         str(result.path / "model.onnx"), providers=["CPUExecutionProvider"]
     )

@@ -68,8 +68,8 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 from mlp_data.base import SplitConfig
-from mlp_data.streaming import LargeScaleLoader, StreamingTabularDataset, TableStream, fit_streaming
-from mlp_data.tabular import TabularPreprocessor
+from mlp_data.tabular.streaming import LargeScaleLoader, StreamingTabularDataset, TableStream, fit_streaming
+from mlp_data.tabular.preprocessor import TabularPreprocessor
 import pyarrow as pa
 
 path, warm, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])

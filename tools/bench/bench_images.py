@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets
 
-from mlp_data.image_folder import ImageFolderAdapter
-from mlp_data.image_transforms import AugmentConfig, ImagePreprocessor, ImageTransformConfig
+from mlp_data.image.adapter import ImageFolderAdapter
+from mlp_data.image.transforms import AugmentConfig, ImagePreprocessor, ImageTransformConfig
 from mlp_data.synthetic import write_digits_folder
 
 

@@ -67,7 +67,7 @@ def build(rows: int, batch_size: int):
 
     from mlp_core import batch as keys
     from mlp_data.sampler import EpochSampler
-    from mlp_data.tabular_dataset import TabularDataset, collate
+    from mlp_data.tabular.dataset import TabularDataset, collate
     from mlp_models import create_model
 
     torch.manual_seed(SEED)
@@ -364,7 +364,7 @@ def profile(args: argparse.Namespace) -> None:
     import torch
 
     # Imported first, so that the profile shows the loop rather than the imports.
-    import mlp_data.tabular_dataset  # noqa: F401
+    import mlp_data.tabular.dataset  # noqa: F401
     import mlp_models  # noqa: F401
     import mlp_train.trainer  # noqa: F401
 
