@@ -1,4 +1,5 @@
-# Shared by the tools/*.sh scripts: find or install uv, and the workspace's extras.
+# Shared by every script under tools/ (and packages/serve/gen_protos.sh): find or install uv,
+# and the workspace's extras.
 # Sourced, not run.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

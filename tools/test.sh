@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check and every test, on a fresh machine too: installs uv and the environments itself.
-#   lint (ruff) -> package edges (import-linter) -> declared imports (deptry)
+#   lint (ruff) -> types (pyright) -> package edges (import-linter) -> declared imports (deptry)
 #   -> each package's tests in its own isolated env -> cross-package tests -> wheel check
+# The steps' scripts live in tools/ci/; the GPU machine's tests (pytest -m cuda) in tools/gpu/.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -12,15 +13,18 @@ step "ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 
+step "types (pyright over every packages/*/src; zero errors)"
+.venv/bin/pyright
+
 step "import contracts (import-linter)"
 .venv/bin/lint-imports --no-cache
 
 step "declared dependencies (deptry)"
-tools/check_deps.sh
+tools/ci/check_deps.sh
 
 step "per-package tests, each in an isolated environment"
-tools/make_protobuf7_env.sh  # the gRPC stubs are also tested under protobuf 7
-tools/test_packages.sh
+tools/ci/make_protobuf7_env.sh  # the gRPC stubs are also tested under protobuf 7
+tools/ci/test_packages.sh
 
 step "cross-package tests (tests/) in the workspace environment"
 set +e
@@ -32,6 +36,6 @@ if [ $rc -eq 5 ]; then echo "tests/: no tests collected"; exit 1; fi
 [ $rc -eq 0 ] || exit $rc
 
 step "wheel check"
-tools/wheel_check.sh
+tools/ci/wheel_check.sh
 
 step "all checks passed"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every package imports only what its own pyproject declares (deptry, run per package).
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 status=0
 for pkg in "$ROOT"/packages/*/; do
     name=$(basename "$pkg")

@@ -3,7 +3,7 @@
 # (protobuf-6 gencode) load and round-trip under the next major runtime as well.
 #   packages/serve/tests/test_grpc_protos.py runs .venvs/protobuf7/bin/python in a subprocess.
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 ensure_uv
 VENV="$ROOT/.venvs/protobuf7"
 if [ ! -x "$VENV/bin/python" ]; then

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Each package's tests in an environment holding only that package, its declared dependencies
 # (and the extras named below) and its own dev group: an undeclared dependency fails here.
-# Usage: tools/test_packages.sh [core obs ...]   (default: every suite)
+# Usage: tools/ci/test_packages.sh [core obs ...]   (default: every suite)
+# pytest runs from the root, so the root pyproject's [tool.pytest.ini_options] applies.
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 ensure_uv >/dev/null
 
 # suite = package : extras : test folder (under packages/<package>/)
 SUITES=(
-    "core::tests"
+    "core:image:tests"          # the image extra: ImageEvalSpec.apply needs Pillow
     "obs:mlflow gpu:tests"
     "data::tests"
     "models::tests"

@@ -2,7 +2,7 @@
 # The wheels are the truth: build every package, then install some of them ALONE from the
 # built wheels into a fresh venv outside the workspace and run them there.
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 ensure_uv >/dev/null
 
 dist="$ROOT/dist"
