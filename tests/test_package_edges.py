@@ -56,10 +56,30 @@ def test_breaking_a_contract_fails(bin_dir, root, src_copy, package, violation, 
     assert f"mlp_{package}.violation" in proc.stdout
 
 
-def test_serve_export_may_import_torch(bin_dir, root, src_copy):
-    (src_copy / "serve" / "mlp_serve" / "export.py").write_text("import torch\nimport mlp_models\n")
+@pytest.mark.parametrize(
+    ("module", "imports", "allowed"),
+    [
+        # The exporter (mlp_serve.export and below) may import torch and mlp-models ...
+        ("export/uses_torch.py", "import torch\nimport mlp_models\n", True),
+        ("export/uses_torch.py", "from mlp_models import registry\n", True),
+        # ... the same imports anywhere else in mlp_serve break the contract ...
+        ("uses_torch.py", "import torch\nimport mlp_models\n", False),
+        # ... and the exporter may import nothing else of the forbidden list.
+        ("export/uses_torch.py", "import mlp_train\n", False),
+    ],
+)
+def test_only_serve_export_may_import_torch(bin_dir, root, src_copy, module, imports, allowed):
+    package = src_copy / "serve" / "mlp_serve"
+    assert (package / module).parent.joinpath("__init__.py").is_file()  # a module Python imports
+    (package / module).write_text(imports)
     proc = lint_imports(bin_dir, root, pythonpath(src_copy))
-    assert proc.returncode == 0, proc.stdout
+    name = "mlp_serve." + module.removesuffix(".py").replace("/", ".")
+    if allowed:
+        assert proc.returncode == 0, proc.stdout
+    else:
+        assert proc.returncode == 1, proc.stdout
+        assert "mlp_serve serves without torch" in proc.stdout and "BROKEN" in proc.stdout
+        assert name in proc.stdout
 
 
 def deptry(bin_dir, package_dir):
