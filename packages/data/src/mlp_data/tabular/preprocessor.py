@@ -146,8 +146,12 @@ class TabularPreprocessor:
             fill = min(counts, key=lambda key: (-counts[key], ordered.index(key)))
         if fill is None:
             return encoded
-        # The slot comes from the column's own index, so the copy needs no new validation.
-        return encoded.model_copy(update={"fill_index": encoded.index[fill]})
+        return _record(
+            CategoricalColumn,
+            name=name,
+            categories=encoded.categories,
+            fill_index=encoded.index[fill],
+        )
 
     def _set_classes(self, classes: Sequence[str]) -> None:
         self.target_classes = list(classes)
