@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -13,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import B, W, cpu_config, linear_model, slow_model, write_bundle
 
 from mlp_serve.config import BatchingConfig
+from mlp_serve.runtime import ModelRuntime
 from mlp_serve.server import BackgroundServer
 
 
@@ -99,12 +102,40 @@ def test_batching_off_runs_each_request_alone(repo):
         assert config_doc["max_batch_size"] == 64  # still the request limit
 
 
-def test_grpc_and_rest_requests_share_one_batcher(repo):
-    # gRPC calls queue from grpc's call threads, REST ones from the loop: both reach the same
-    # batcher, and every answer holds its own rows.
+def in_flight(url: str, model: str) -> dict[str, float]:
+    """Requests in flight for ``model`` now, by protocol."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            name, labels = sample.name, sample.labels
+            if name == "mlp_inference_in_flight_requests" and labels.get("model") == model:
+                counts[labels["protocol"]] = counts.get(labels["protocol"], 0.0) + sample.value
+    return counts
+
+
+def test_grpc_and_rest_requests_share_one_batcher(repo, monkeypatch):
+    # gRPC calls queue from grpc's call threads, REST ones from the loop. With one batcher per
+    # model, a run of the model takes rows of both; with one per front end, none would. Rows
+    # carry their protocol in their sign (REST positive, gRPC negative), and every run is
+    # recorded as the model sees it. A first request holds the model until all the others are
+    # in flight, so the next run has them all to take.
+    blocker = np.full((1, 4), 1000.0, dtype=np.float32)
+    running, release = threading.Event(), threading.Event()
+    runs: list[np.ndarray] = []
+    original = ModelRuntime.run
+
+    def recording_run(self, feeds, output_names=None):
+        x = np.array(feeds["x"], copy=True)
+        if np.array_equal(x, blocker):
+            running.set()
+            assert release.wait(30), "the test never released the blocking request"
+        runs.append(x)
+        return original(self, feeds, output_names)
+
+    monkeypatch.setattr(ModelRuntime, "run", recording_run)
     write_bundle(repo, "slow", 1, slow_model(steps=40, width=None), manifest=False)
     with BackgroundServer(repo, cpu_config()) as server:
-        assert server.ports is not None and server.ports.grpc_address is not None
+        assert server.ports is not None
         address = server.ports.grpc_address
 
         def over_grpc(x: np.ndarray) -> np.ndarray:
@@ -118,14 +149,32 @@ def test_grpc_and_rest_requests_share_one_batcher(repo):
             assert response.status_code == 200, response.text
             return output(response)
 
-        inputs = [np.full((1 + i % 2, 4), i, dtype=np.float32) for i in range(24)]
-        with ThreadPoolExecutor(len(inputs)) as pool:
+        grpc_calls = [i % 3 != 0 for i in range(24)]
+        inputs = [
+            np.full((1 + i % 2, 4), -(i + 1) if over else i + 1, dtype=np.float32)
+            for i, over in enumerate(grpc_calls)
+        ]
+        runs.clear()  # the warmup run at load is not a request
+        with ThreadPoolExecutor(len(inputs) + 1) as pool:
+            first = pool.submit(over_rest, blocker)
+            assert running.wait(30)
             calls = [
-                pool.submit(over_grpc if i % 3 else over_rest, x) for i, x in enumerate(inputs)
+                pool.submit(over_grpc if over else over_rest, x)
+                for x, over in zip(inputs, grpc_calls)
             ]
+            expected = {"grpc": sum(grpc_calls), "rest": 1 + grpc_calls.count(False)}
+            deadline = time.monotonic() + 30
+            while in_flight(server.http_url, "slow") != expected:
+                assert time.monotonic() < deadline, in_flight(server.http_url, "slow")
+                time.sleep(0.02)
+            time.sleep(0.2)  # from in flight to queued is a validation away
+            release.set()
+            np.testing.assert_array_equal(first.result(), blocker)
             results = [call.result() for call in calls]
         for x, y in zip(inputs, results):
             np.testing.assert_array_equal(y, x)
         executions, rows = batch_sizes(server.http_url, "slow")
-        assert rows == sum(len(x) for x in inputs)
-        assert executions < len(inputs)
+        assert rows == 1 + sum(len(x) for x in inputs)
+        assert executions == len(runs) < len(inputs)
+        mixed = [run for run in runs[1:] if (run > 0).any() and (run < 0).any()]
+        assert mixed, f"no run held rows of both protocols: {[r[:, 0].tolist() for r in runs]}"

@@ -21,13 +21,15 @@ from typing import Any
 import psutil
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     ProcessCollector,
     generate_latest,
     start_http_server,
+)
+from prometheus_client import (
+    CollectorRegistry as CollectorRegistry,  # re-exported: servers build their own registries
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector

@@ -251,10 +251,11 @@ class DynamicBatcher:
                     return
                 if mine is None:
                     continue
-                successor = next((p for p in self._queue if p.waiter is not None), None)
+                successor = next(((p, p.waiter) for p in self._queue if p.waiter is not None), None)
                 if successor is not None:
-                    successor.promoted = True
-                    successor.waiter.release()  # type: ignore[union-attr]
+                    pending, waiter = successor
+                    pending.promoted = True
+                    waiter.release()
                     return
             # Only loop callers are queued: a thread of the executor takes over.
             self._lead_elsewhere()

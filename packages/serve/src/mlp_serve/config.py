@@ -35,14 +35,16 @@ class BatchingConfig(_Strict):
     """Dynamic batching, per model: concurrent requests merged into one onnxruntime run."""
 
     enabled: bool = True
-    max_batch_size: int = Field(64, gt=0, description="rows in one run; also a request's limit")
+    max_batch_size: int = Field(
+        default=64, gt=0, description="rows in one run; also a request's limit"
+    )
     max_queue_delay_ms: float = Field(
-        0.0,
+        default=0.0,
         ge=0,
         description="how long a batch waits to fill; 0 (Triton's default): it takes what queued "
         "while the previous batch ran, and a lone request runs at once",
     )
-    max_queue_size: int = Field(256, gt=0, description="requests waiting; beyond it: 503")
+    max_queue_size: int = Field(default=256, gt=0, description="requests waiting; beyond it: 503")
 
 
 class ServeConfig(ServeSection):
@@ -51,24 +53,26 @@ class ServeConfig(ServeSection):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    models: list[str] | None = Field(None, description="models to serve; None: every one")
+    models: list[str] | None = Field(default=None, description="models to serve; None: every one")
     poll_seconds: float | None = Field(
-        5.0, gt=0, description="how often to look for new versions; None: never"
+        default=5.0, gt=0, description="how often to look for new versions; None: never"
     )
     providers: list[str] = Field(
         default_factory=lambda: list(DEFAULT_PROVIDERS),
         description="onnxruntime execution providers in order of preference",
     )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
-    intra_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default")
-    inter_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default")
+    intra_op_threads: int = Field(default=0, ge=0, description="0: onnxruntime's default")
+    inter_op_threads: int = Field(default=0, ge=0, description="0: onnxruntime's default")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    max_request_bytes: int = Field(64 * MIB, gt=0, description="larger bodies get 413")
-    grpc_max_message_bytes: int = Field(256 * MIB, gt=0)
-    auth_token: str | None = Field(None, description="bearer token the inference API requires")
-    admin_token: str | None = Field(None, description="bearer token of the load/unload API")
+    max_request_bytes: int = Field(default=64 * MIB, gt=0, description="larger bodies get 413")
+    grpc_max_message_bytes: int = Field(default=256 * MIB, gt=0)
+    auth_token: str | None = Field(
+        default=None, description="bearer token the inference API requires"
+    )
+    admin_token: str | None = Field(default=None, description="bearer token of the load/unload API")
     cors_origins: list[str] = Field(default_factory=list, description="empty: CORS off")
-    warmup: bool = Field(True, description="run a zero batch at load; a failure refuses it")
+    warmup: bool = Field(default=True, description="run a zero batch at load; a failure refuses it")
 
 
 class _ServeFile(BaseModel):

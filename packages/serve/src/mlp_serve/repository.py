@@ -114,7 +114,8 @@ class ModelRepository:
     def get(self, name: str, version: str | int | None = None) -> ModelVersion:
         """The ready version asked for (the default one when ``version`` is None or empty)."""
         model = self._models.get(name)
-        if model is None or not model.versions:
+        default = model.default() if model is not None else None
+        if model is None or default is None:
             if name in self.names():
                 raise ModelUnavailable(f"model {name!r} is not ready: {self._reason(name)}")
             raise ModelNotFound(
@@ -122,7 +123,7 @@ class ModelRepository:
                 hint="GET /v2/repository/index (POST) lists the models and their states.",
             )
         if version in (None, ""):
-            return model.default()  # type: ignore[return-value]
+            return default
         number = _version_number(str(version))
         if number is None or number not in model.versions:
             ready = ", ".join(str(v) for v in sorted(model.versions))
@@ -291,7 +292,7 @@ class ModelRepository:
             model=name,
             version=number,
             provider=runtime.provider,
-            default=model.default().version,  # type: ignore[union-attr]
+            default=max(model.versions),  # the version numbers are the keys
             max_batch_size=max_batch,
         )
         if previous is not None:

@@ -11,11 +11,12 @@ become ``{"label", "probabilities"}`` (classification, with the manifest's class
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from mlp_serve.bundle import FeatureSchema, Manifest
+from mlp_serve.bundle import FeatureSchema
 from mlp_serve.errors import InvalidInput
 from mlp_serve.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
@@ -79,10 +80,10 @@ def predictions_outputs(output_names: list[str]) -> list[RequestedOutput]:
     return [RequestedOutput(name) for name in wanted] or [RequestedOutput(output_names[0])]
 
 
-def format_predictions(response: InferResponse, manifest: Manifest | None) -> list[dict]:
+def format_predictions(response: InferResponse, class_labels: Sequence[str] | None) -> list[dict]:
     """One ``{"label", "probabilities"}`` or ``{"value"}`` per row of ``response``."""
     outputs = {t.name: np.asarray(t.data) for t in response.outputs}
-    labels = manifest.class_labels if manifest is not None else None
+    labels = list(class_labels) if class_labels else None
     if PROBABILITIES in outputs:
         probabilities = outputs[PROBABILITIES].reshape(outputs[PROBABILITIES].shape[0], -1)
         names = labels if labels and len(labels) == probabilities.shape[1] else None

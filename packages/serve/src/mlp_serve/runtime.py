@@ -112,7 +112,8 @@ class ModelRuntime:
     ) -> dict[str, np.ndarray]:
         names = list(output_names) if output_names else [o.name for o in self.outputs]
         results = self.session.run(names, _to_onnxruntime(feeds))
-        return dict(zip(names, results))
+        # Dense outputs only: the servable types (datatypes.from_onnx_type) are all tensors.
+        return {name: np.asarray(result) for name, result in zip(names, results)}
 
     def warmup(self, dims: dict[str, list[int]] | None = None) -> None:
         """Run a batch of one made of zeros (empty strings for BYTES).

@@ -166,13 +166,13 @@ def _grpc_predict(args: argparse.Namespace) -> list[dict]:
     from mlp_serve.grpc.codec import decode_infer_response, encode_infer_request
     from mlp_serve.rows import format_predictions, predictions_outputs, rows_request
 
-    metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
     with grpc.insecure_channel(args.grpc) as channel:
 
         def call(method: str, request: Any, reply_class: Any) -> Any:
             stub = channel.unary_unary(
                 SERVICE + method,
-                request_serializer=lambda m: m.SerializeToString(),
+                request_serializer=_serialize,
                 response_deserializer=reply_class.FromString,
             )
             try:
@@ -206,21 +206,18 @@ def _grpc_predict(args: argparse.Namespace) -> list[dict]:
                 rows_request(schema, chunk, input_names) for chunk in _chunks(rows, args.batch_size)
             ]
         labels = params.get("class_labels")
-        manifest = _Labels(json.loads(labels) if labels else None)
+        class_labels = json.loads(labels) if labels else None
         predictions = []
         for request in requests:
             request.outputs = predictions_outputs(output_names)
             message = encode_infer_request(args.model, request, args.version or "")
             reply = call("ModelInfer", message, pb.ModelInferResponse)
-            predictions += format_predictions(decode_infer_response(reply), manifest)  # type: ignore[arg-type]
+            predictions += format_predictions(decode_infer_response(reply), class_labels)
     return predictions
 
 
-class _Labels:
-    """The part of a manifest ``format_predictions`` reads, rebuilt from model metadata."""
-
-    def __init__(self, class_labels: list[str] | None) -> None:
-        self.class_labels = class_labels
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
 
 
 def _image_request(path: Path, params: dict[str, Any]) -> Any:

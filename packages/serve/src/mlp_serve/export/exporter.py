@@ -19,12 +19,13 @@ import platform
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -32,6 +33,7 @@ import onnx
 from mlp_core.files import sha256_file
 from mlp_core.image_spec import ImageEvalSpec
 from mlp_core.tabular_spec import TabularPreprocessing
+from mlp_core.tensors import TensorSpec
 from mlp_core.versions import mlp_packages
 from mlp_models import BaseModel, load_model
 from mlp_serve.bundle import (
@@ -39,7 +41,6 @@ from mlp_serve.bundle import (
     FeatureSchema,
     Manifest,
     Parity,
-    TensorSpec,
     write_manifest,
 )
 from mlp_serve.datatypes import from_onnx_type
@@ -87,7 +88,7 @@ def export_run(
         raise BundleError("choose one of int8 quantisation and fp16, not both")
     if version is not None and version < 1:
         raise BundleError(f"version must be a positive integer, got {version}")
-    run = read_run_folder(run_dir)
+    run = read_run_folder(Path(run_dir))
     name = _bundle_name(run, name)
     target_parent = Path(repo) / name
     if version is not None and (target_parent / str(version)).exists():
@@ -289,7 +290,7 @@ def _compare(fp32: _Built, other: _Built, precision: str, task: str) -> dict[str
 # -- checks and records -------------------------------------------------------------------------
 
 
-def _kind(run: RunFolder, model: BaseModel) -> str:
+def _kind(run: RunFolder, model: BaseModel) -> Literal["tabular", "image"]:
     inputs = model.signature().input_names
     if run.preprocessing.get("type") == "tabular" and inputs[0] == "numeric":
         return "tabular"
@@ -345,19 +346,21 @@ def _training_record(run: RunFolder, model: BaseModel, exporter: str) -> dict[st
     }
 
 
-def _specs(values) -> list[TensorSpec]:
+def _specs(values: Iterable[onnx.ValueInfoProto]) -> list[TensorSpec]:
     specs = []
     for value in values:
         tensor = value.type.tensor_type
         onnx_type = _ONNX_TYPES.get(tensor.elem_type)
         if onnx_type is None:
             raise BundleError(f"graph tensor {value.name!r} has an unservable element type")
-        shape = [d.dim_value if d.dim_value and not d.dim_param else -1 for d in tensor.shape.dim]
+        shape = tuple(
+            d.dim_value if d.dim_value and not d.dim_param else -1 for d in tensor.shape.dim
+        )
         specs.append(TensorSpec(name=value.name, datatype=from_onnx_type(onnx_type), shape=shape))
     return specs
 
 
-_ONNX_TYPES = {
+_ONNX_TYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "tensor(float)",
     onnx.TensorProto.FLOAT16: "tensor(float16)",
     onnx.TensorProto.DOUBLE: "tensor(double)",

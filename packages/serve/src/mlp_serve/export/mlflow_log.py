@@ -37,8 +37,8 @@ def log_bundle(run: RunFolder, bundle: Path, *, name: str, version: int) -> dict
         return {"logged": False, "reason": "the run has no MLflow tracking record"}
     try:
         import mlflow
-        import mlflow.onnx
         import onnx
+        from mlflow.onnx import log_model as log_onnx_model
     except ImportError as exc:
         reason = f"MLflow is not installed ({exc.name}): pip install 'mlp-obs[mlflow]'"
         return {"logged": False, "reason": reason}
@@ -52,7 +52,7 @@ def log_bundle(run: RunFolder, bundle: Path, *, name: str, version: int) -> dict
         client = mlflow.MlflowClient(tracking_uri=uri)
         client.get_run(run_id)  # a clear "not found" before anything is written
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.onnx.log_model(
+            info = log_onnx_model(
                 onnx.load(bundle / MODEL_FILE),
                 name=artifact_name,
                 save_as_external_data=False,
@@ -66,7 +66,9 @@ def log_bundle(run: RunFolder, bundle: Path, *, name: str, version: int) -> dict
         log.warning("the ONNX model was exported but not logged to MLflow: %s", exc)
         return {"logged": False, "reason": f"{type(exc).__name__}: {exc}", "run_id": run_id}
     finally:
-        mlflow.set_tracking_uri(previous)  # leave the caller's MLflow as it was
+        # Leave the caller's MLflow as it was; None unsets the URI, which mlflow handles though
+        # its annotation leaves None out.
+        mlflow.set_tracking_uri(previous)  # pyright: ignore[reportArgumentType]
     return {
         "logged": True,
         "run_id": run_id,

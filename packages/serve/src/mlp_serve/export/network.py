@@ -68,12 +68,13 @@ def _export(model: BaseModel, exporter: str, opset: int) -> onnx.ModelProto:
             dynamo=True,
             verbose=False,
         )
+        assert program is not None  # dynamo=True always returns the program
         return program.model_proto
     buffer = io.BytesIO()
     torch.onnx.export(
         model,
         example,
-        buffer,
+        buffer,  # pyright: ignore[reportArgumentType] (torch's annotation omits file objects, which the TorchScript exporter writes to)
         input_names=spec.input_names,
         output_names=spec.output_names,
         dynamic_axes=spec.dynamic_axes,

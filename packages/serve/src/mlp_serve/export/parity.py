@@ -171,7 +171,7 @@ def onnx_session(model_bytes: bytes) -> ort.InferenceSession:
 
 def run_onnx(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
+    return {name: np.asarray(out) for name, out in zip(names, session.run(names, feeds))}
 
 
 def served(outputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -37,7 +37,7 @@ class LoopBridge:
             raise ModelUnavailable("the server is shutting down") from None
         timeout = threading.TIMEOUT_MAX
         if context is not None:
-            context.add_callback(future.cancel)
+            context.add_callback(lambda: _cancel(future))
             timeout = min(context.time_remaining(), timeout)
         try:
             return future.result(timeout)
@@ -54,3 +54,7 @@ class LoopBridge:
 
 async def _call(fn: Callable[..., Any], args: tuple) -> Any:
     return fn(*args)
+
+
+def _cancel(future: concurrent.futures.Future[Any]) -> None:
+    future.cancel()

@@ -141,7 +141,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             {"error": str(exc.detail)}, exc.status_code, headers=getattr(exc, "headers", None)
         )
 
-    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)  # registered for that class only
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )

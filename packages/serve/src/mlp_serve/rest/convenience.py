@@ -72,7 +72,7 @@ def convenience_router(dataplane: DataPlane, auth: Any) -> APIRouter:
         infer_request = rows_request(manifest.feature_schema, document.get("rows"), input_names)
         infer_request.outputs = predictions_outputs(output_names)
         response = await dataplane.infer(model, str(entry.version), infer_request, PROTOCOL)
-        return {"predictions": format_predictions(response, manifest)}
+        return {"predictions": format_predictions(response, manifest.class_labels)}
 
     @router.post(
         "/v1/models/{model}/predict/image",
@@ -127,6 +127,6 @@ def convenience_router(dataplane: DataPlane, auth: Any) -> APIRouter:
             outputs=predictions_outputs([t.name for t in entry.runtime.outputs]),
         )
         response = await dataplane.infer(model, str(entry.version), infer_request, PROTOCOL)
-        return {"predictions": format_predictions(response, manifest)}
+        return {"predictions": format_predictions(response, manifest.class_labels)}
 
     return router
