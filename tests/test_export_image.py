@@ -23,7 +23,7 @@ def test_image_bundle_matches_torch_on_eval_spec_pixels(digits_run, tmp_path):
     assert manifest.kind == "image" and manifest.preprocessing == spec
     assert manifest.class_labels == [str(d) for d in range(10)]
     assert [(s.name, s.datatype, s.shape) for s in manifest.inputs] == [
-        ("image", "FP32", [-1, 1, 32, 32])
+        ("image", "FP32", (-1, 1, 32, 32))
     ]
     assert manifest.parity.passed and manifest.parity.max_abs_diff <= 1e-4
     assert result.mlflow == {"logged": False, "reason": "the run has no MLflow tracking record"}
