@@ -198,7 +198,7 @@ def test_generated_folder_needs_only_protobuf():
 def test_generated_modules_load_and_round_trip_under_protobuf_7(tmp_path):
     if not PROTOBUF7_PYTHON.exists():
         pytest.fail(
-            f"{PROTOBUF7_PYTHON} does not exist: run tools/make_protobuf7_env.sh first "
+            f"{PROTOBUF7_PYTHON} does not exist: run tools/ci/make_protobuf7_env.sh first "
             "(a venv holding only protobuf 7, for this test)"
         )
     # A copy of the folder alone: proves it is self-contained (mlp_serve's own folder cannot go
