@@ -52,7 +52,7 @@ def test_the_run_folder_holds_everything(penguins_run):
     store = CheckpointStore(run / "checkpoints")
     kinds = sorted(e.kind for e in store.entries())
     assert kinds == ["best", "last", "last"]
-    assert store.load_latest()[0]["epoch"] == len(epochs)
+    assert store.load_latest()[0]["progress"]["epoch"] == len(epochs)
 
     model = load_model(run / "model")
     assert model.model_name == "tabular_mlp" and model.num_classes == 3

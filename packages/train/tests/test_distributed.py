@@ -200,7 +200,7 @@ def test_ddp_matches_a_single_process_with_the_same_global_batch(runs: dict[str,
     single = _checkpoint(single_dir, "last", EPOCHS)
     assert (ddp["world_size"], single["world_size"]) == (2, 1)
     steps_per_epoch = math.ceil(EVEN_TRAIN_ROWS / GLOBAL_BATCH)
-    assert ddp["step"] == single["step"] == EPOCHS * steps_per_epoch
+    assert ddp["progress"]["step"] == single["progress"]["step"] == EPOCHS * steps_per_epoch
 
     assert ddp["model"].keys() == single["model"].keys()
     for name, weight in single["model"].items():

@@ -40,7 +40,7 @@ def test_a_truncated_newest_checkpoint_is_reported_and_the_previous_one_used(tmp
     # Epoch 2 ran again from the good checkpoint: still one metrics row per epoch.
     assert [row["epoch"] for row in read_rows(run / "metrics.jsonl")] == [0, 1, 2]
     state, _ = CheckpointStore(folder).load_latest()
-    assert (state["epoch"], state["step"]) == (3, 21)
+    assert (state["progress"]["epoch"], state["progress"]["step"]) == (3, 21)
 
 
 def test_resuming_with_every_checkpoint_corrupt_is_a_checkpoint_error(tmp_path):
@@ -129,7 +129,10 @@ def test_a_nan_loss_is_a_training_error_and_keeps_the_good_checkpoints(tmp_path)
     failed_step = int(caught.value.message.split("step ")[1].split(";")[0])
     for entry in entries:
         assert entry.step < failed_step
-        assert load_checkpoint(store.folder / entry.file, sha256=entry.sha256)["step"] == entry.step
+        assert (
+            load_checkpoint(store.folder / entry.file, sha256=entry.sha256)["progress"]["step"]
+            == entry.step
+        )
     json.loads((store.folder / "index.json").read_text())
     assert not (run / "model").exists()  # no final model from a failed run
     tracked = read_rows(run / "tracking.jsonl")

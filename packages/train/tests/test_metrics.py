@@ -22,7 +22,6 @@ from mlp_train.metrics import (
     RegressionMetrics,
     check_monitor,
     metrics_for,
-    monitor_mode,
     monitor_names,
 )
 
@@ -342,13 +341,6 @@ def test_check_monitor_accepts_split_metrics_and_lists_valid_names():
         check_monitor("val.loss", "segmentation")
     assert monitor_names("regression")[:2] == ["train.loss", "train.mse"]
     assert len(monitor_names("binary")) == 2 * (1 + len(METRIC_NAMES["binary"]))
-
-
-def test_monitor_mode_minimises_losses_and_errors_only():
-    assert monitor_mode("val.loss") == "min"
-    assert monitor_mode("val.rmse") == "min"
-    assert monitor_mode("val.f1_macro") == "max"
-    assert monitor_mode("train.r2") == "max"
 
 
 # --- DDP: two real processes over gloo, each with part of the data -------------------------

@@ -11,7 +11,13 @@ from PIL import Image
 
 from mlp_core.errors import TrainingError
 from mlp_train.metrics import ClassificationMetrics
-from mlp_train.plots import DPI, plot_confusion_matrix, plot_residuals, plot_training_curves
+from mlp_train.plots import (
+    DPI,
+    plot_confusion_matrix,
+    plot_residuals,
+    plot_training_curves,
+    training_curves_figure,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -60,6 +66,24 @@ def test_training_curves_leave_gaps_where_a_row_lacks_a_metric(tmp_path):
     rows = history_rows(5)
     for row in rows[1::2]:  # validation every other epoch
         del row["val.loss"], row["val.accuracy"], row["val.f1_macro"]
+
+    figure = training_curves_figure(rows)
+    lines = {line.get_label(): line for axis in figure.axes for line in axis.get_lines()}
+    assert set(lines) == {"train.loss", "val.loss", "val.accuracy", "val.f1_macro"}
+    for name, line in lines.items():
+        epochs = np.asarray(line.get_xdata(), dtype=float)
+        values = np.asarray(line.get_ydata(), dtype=float)
+        # Every epoch keeps its place on the x axis; a missing value is NaN there, which
+        # matplotlib draws as a break in the line (dropping or interpolating it would join the
+        # neighbours).
+        assert epochs.tolist() == [0, 1, 2, 3, 4], name
+        missing = np.isnan(values)
+        if name.startswith("val."):
+            assert missing.tolist() == [False, True, False, True, False], name
+            assert values[~missing].tolist() == [rows[i][name] for i in (0, 2, 4)]
+        else:
+            assert not missing.any(), name
+
     path = tmp_path / "curves.png"
     path.write_bytes(b"an older plot")
     read_png(plot_training_curves(rows, path))

@@ -98,7 +98,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path, referenc
     assert not (run_dir / "model").exists()
     store = CheckpointStore(run_dir / "checkpoints")
     state, path = store.load_latest()
-    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (9, 1, 2)
+    assert tuple(state["progress"][k] for k in ("step", "epoch", "batch_in_epoch")) == (9, 1, 2)
 
     resumed = mlp("train", "--resume", str(run_dir), pycache=pycache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -131,7 +131,7 @@ def test_ctrl_c_checkpoints_exits_130_and_resume_completes(tmp_path, reference, 
     run_dir = only_run_folder(root)
     state, path = CheckpointStore(run_dir / "checkpoints").load_latest()
     # The step in flight finished and was saved, mid-epoch.
-    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (12, 1, 5)
+    assert tuple(state["progress"][k] for k in ("step", "epoch", "batch_in_epoch")) == (12, 1, 5)
     assert path.name == "last-step00000012-epoch0001.pt"
 
     resumed = mlp("train", "--resume", str(run_dir), pycache=pycache)

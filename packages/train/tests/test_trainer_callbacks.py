@@ -73,7 +73,10 @@ def test_model_checkpoint_keeps_two_last_and_top_k_best(tmp_path, mode):
     chosen = store.best(mode)
     assert chosen is not None and chosen.value == pytest.approx(best[0])
     for entry in entries:  # every file kept is whole and loadable
-        assert load_checkpoint(store.folder / entry.file, sha256=entry.sha256)["step"] == entry.step
+        assert (
+            load_checkpoint(store.folder / entry.file, sha256=entry.sha256)["progress"]["step"]
+            == entry.step
+        )
 
 
 def test_metrics_logger_writes_one_row_per_epoch_in_jsonl_and_csv(tmp_path):

@@ -109,7 +109,7 @@ def test_onecycle_steps_every_optimizer_step(penguins, tmp_path):
     )
     trainer = Trainer(config)
     trainer.fit(tabular(penguins), loaders["train"], loaders["val"])
-    total = trainer.steps_per_epoch * 3
+    total = trainer.progress.steps_per_epoch * 3
     initial, final = 0.01 / 25, 0.01 / 25 / 1e4
     warm_end = 0.3 * total - 1
 
@@ -123,7 +123,7 @@ def test_onecycle_steps_every_optimizer_step(penguins, tmp_path):
 
     # The recorder runs after the scheduler callback: it sees the lr of the next step.
     after = _lrs(recorder, "on_train_step_end")
-    assert len(after) == total == trainer.step
+    assert len(after) == total == trainer.progress.step
     assert after == pytest.approx([expected(k) for k in range(1, total + 1)], rel=1e-9)
     assert _lrs(recorder, "on_train_epoch_start")[0] == pytest.approx(initial, rel=1e-9)
     assert max(after) > 0.9 * 0.01 and after[-1] < 0.01 / 25
@@ -187,7 +187,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(penguins):
         )
         trainer = Trainer(config)
         trainer.fit(model, loader)
-        assert trainer.step == 2 * 7
+        assert trainer.progress.step == 2 * 7
         return params(model)
 
     accumulated, big = run(16, 2), run(32, 1)

@@ -12,6 +12,7 @@ import os
 import signal as signals
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,13 @@ class Recorder(Callback):
 
     def _write(self, hook: str, trainer: Any, **extra: Any) -> None:
         lr = float(trainer.optimizer.param_groups[0]["lr"]) if trainer.optimizer else None
-        row = {"hook": hook, "epoch": trainer.epoch, "step": trainer.step, "lr": lr, **extra}
+        row = {
+            "hook": hook,
+            "epoch": trainer.progress.epoch,
+            "step": trainer.progress.step,
+            "lr": lr,
+            **extra,
+        }
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
@@ -62,6 +69,21 @@ class Recorder(Callback):
 
     def on_exception(self, trainer: Any, error: BaseException) -> None:
         self._write("on_exception", trainer, error=type(error).__name__)
+
+
+class Scraper(Callback):
+    """GETs ``url`` after every epoch, as Prometheus would scrape it, and appends the body to
+    a file (one JSON string per line)."""
+
+    def __init__(self, url: str, path: str) -> None:
+        self.url = url
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            body = response.read().decode()
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(body) + "\n")
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -12,9 +12,10 @@ import io
 import json
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,11 +24,15 @@ from mlp_core.errors import CheckpointError
 from mlp_core.files import atomic_write_bytes, atomic_write_text, sha256_file
 
 FORMAT = "mlp.checkpoint"
-VERSION = 1
+# 2: the loop counters are under "progress" (mlp-train 0.2); 1 had them at the top level.
+VERSION = 2
 INDEX = "index.json"
 LAST_KEPT = 2
 
 log = logging.getLogger(__name__)
+
+
+Kind = Literal["last", "best"]
 
 
 @dataclass
@@ -41,62 +46,58 @@ class Entry:
     value: float | None = None
 
 
+def checkpoint_file(kind: Kind, progress: Mapping[str, Any]) -> str:
+    """The file name of a ``kind`` checkpoint at ``progress`` (a Progress.state_dict())."""
+    epoch, step = int(progress["epoch"]), int(progress["step"])
+    if kind == "best":
+        return f"best-epoch{epoch:04d}-step{step:08d}.pt"
+    return f"last-step{step:08d}-epoch{epoch:04d}.pt"
+
+
 class CheckpointStore:
-    """The ``checkpoints/`` folder of a run."""
+    """The ``checkpoints/`` folder of a run: files and their index, no policy.
+
+    Which checkpoints to keep is the caller's decision (:class:`~mlp_train.callbacks.
+    ModelCheckpoint` keeps the top k); the store writes, lists, verifies and removes. One rule
+    stays here because it is about storage, not choice: a "last" write keeps the previous "last"
+    file, so a crash during the write never leaves a run without a good checkpoint.
+    """
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
 
     # -- writing ---------------------------------------------------------------------------
 
-    def save(
+    def write(
         self,
         state: dict[str, Any],
         *,
-        kind: str,
+        kind: Kind,
         monitor: str | None = None,
         value: float | None = None,
-        keep_best: int = 1,
-        mode: str = "min",
-    ) -> Path | None:
-        """Write ``state`` as a ``kind`` checkpoint; returns its path, or None when a best
-        checkpoint does not make the top ``keep_best``."""
-        entries = self.entries()
-        epoch, step = int(state["epoch"]), int(state["step"])
-        if kind == "best":
-            if keep_best <= 0 or value is None:
-                return None
-            best = sorted(
-                (e for e in entries if e.kind == "best"),
-                key=lambda e: e.value if mode == "min" else -e.value,  # type: ignore[operator]
-            )
-            if len(best) >= keep_best and not _better(value, best[keep_best - 1].value, mode):
-                return None
-            name = f"best-epoch{epoch:04d}-step{step:08d}.pt"
-        else:
-            name = f"last-step{step:08d}-epoch{epoch:04d}.pt"
+    ) -> Path:
+        """Write ``state`` (with its ``progress``) as a ``kind`` checkpoint and index it."""
+        progress = state["progress"]
+        epoch, step = int(progress["epoch"]), int(progress["step"])
+        name = checkpoint_file(kind, progress)
         path = self.folder / name
         buffer = io.BytesIO()
         torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
         atomic_write_bytes(path, buffer.getvalue())
         entry = Entry(name, kind, epoch, step, sha256_file(path), monitor, value)
-        entries = [e for e in entries if e.file != name] + [entry]
-        # A "last" save leaves the best ones alone: only a best save knows its top k.
-        entries = self._prune(entries, keep_best if kind == "best" else None, mode)
+        entries = [e for e in self.entries() if e.file != name] + [entry]
+        if kind == "last":
+            last = sorted((e for e in entries if e.kind == "last"), key=lambda e: e.step)
+            for old in last[:-LAST_KEPT]:
+                (self.folder / old.file).unlink(missing_ok=True)
+                entries.remove(old)
         self._write_index(entries)
         return path
 
-    def _prune(self, entries: list[Entry], keep_best: int | None, mode: str) -> list[Entry]:
-        last = sorted((e for e in entries if e.kind == "last"), key=lambda e: e.step)
-        best = sorted(
-            (e for e in entries if e.kind == "best"),
-            key=lambda e: e.value if mode == "min" else -e.value,  # type: ignore[operator]
-        )
-        keep = last[-LAST_KEPT:] + (best if keep_best is None else best[: max(keep_best, 0)])
-        for entry in entries:
-            if entry not in keep:
-                (self.folder / entry.file).unlink(missing_ok=True)
-        return keep
+    def remove(self, file: str) -> None:
+        """Delete a checkpoint file and its index entry."""
+        (self.folder / file).unlink(missing_ok=True)
+        self._write_index([e for e in self.entries() if e.file != file])
 
     def _write_index(self, entries: list[Entry]) -> None:
         document = {"format": f"{FORMAT}.index", "checkpoints": [asdict(e) for e in entries]}
@@ -118,13 +119,14 @@ class CheckpointStore:
             ]
 
     def best(self, mode: str = "min") -> Entry | None:
-        best = [e for e in self.entries() if e.kind == "best" and e.value is not None]
-        if not best:
+        """The best "best" checkpoint by its monitored value, or None."""
+        scored = [(e.value, e) for e in self.entries() if e.kind == "best" and e.value is not None]
+        if not scored:
             return None
         pick = min if mode == "min" else max
-        return pick(best, key=lambda e: e.value)  # type: ignore[arg-type,return-value]
+        return pick(scored, key=lambda pair: pair[0])[1]
 
-    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict, Path]:
+    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:
         """The newest checkpoint that verifies; corrupt ones are reported and skipped."""
         # At equal steps the epoch-end checkpoint (epoch + 1) goes first: it holds the
         # validation and scheduler step that a mid-epoch one at the same step lacks.
@@ -157,13 +159,13 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mlp checkpoint")
+    if state.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {state.get('version')!r}; this mlp-train "
+            f"reads version {VERSION}",
+            hint="Resume it with the mlp-train version that wrote it, or start a new run.",
+        )
     return state
-
-
-def _better(value: float, than: float | None, mode: str) -> bool:
-    if than is None:
-        return True
-    return value < than if mode == "min" else value > than
 
 
 # -- random number generators ------------------------------------------------------------
@@ -171,7 +173,10 @@ def _better(value: float, than: float | None, mode: str) -> bool:
 
 def capture_rng() -> dict[str, Any]:
     """Every RNG a training step touches, in a form ``weights_only`` loading accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = np.random.get_state(legacy=True)
+    if isinstance(numpy_state, dict):  # only for bit generators other than the legacy MT19937
+        raise CheckpointError("numpy's global random state is not the legacy MT19937 one")
+    kind, keys, pos, has_gauss, cached = numpy_state
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [kind, keys.tolist(), pos, has_gauss, cached],

@@ -5,6 +5,7 @@ check those against their own typed options when they are built.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -26,47 +27,49 @@ class _Options(BaseModel):
 
 class OptimizerConfig(_Options):
     name: Literal["sgd", "adam", "adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, description="sgd only")
-    nesterov: bool = Field(False, description="sgd only")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, description="sgd only")
+    nesterov: bool = Field(default=False, description="sgd only")
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="adam and adamw")
 
 
 class SchedulerConfig(_Options):
     name: Literal["step", "cosine", "onecycle", "plateau"]
-    step_size: int = Field(10, gt=0, description="step: epochs between decays")
-    gamma: float = Field(0.1, gt=0, description="step: decay factor")
-    min_lr: float = Field(0.0, ge=0, description="cosine and plateau: lower bound")
-    max_lr: float | None = Field(None, gt=0, description="onecycle: peak lr (default: 10x lr)")
-    pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: share of warm-up")
-    factor: float = Field(0.1, gt=0, lt=1, description="plateau: decay factor")
-    patience: int = Field(5, ge=0, description="plateau: epochs without improvement")
-    monitor: str = Field("val.loss", description="plateau: the metric it watches")
+    step_size: int = Field(default=10, gt=0, description="step: epochs between decays")
+    gamma: float = Field(default=0.1, gt=0, description="step: decay factor")
+    min_lr: float = Field(default=0.0, ge=0, description="cosine and plateau: lower bound")
+    max_lr: float | None = Field(
+        default=None, gt=0, description="onecycle: peak lr (default: 10x lr)"
+    )
+    pct_start: float = Field(default=0.3, gt=0, lt=1, description="onecycle: share of warm-up")
+    factor: float = Field(default=0.1, gt=0, lt=1, description="plateau: decay factor")
+    patience: int = Field(default=5, ge=0, description="plateau: epochs without improvement")
+    monitor: str = Field(default="val.loss", description="plateau: the metric it watches")
     mode: Literal["min", "max"] = "min"
 
 
 class EarlyStoppingConfig(_Options):
     monitor: str = "val.loss"
     mode: Literal["min", "max"] = "min"
-    patience: int = Field(5, ge=0)
-    min_delta: float = Field(0.0, ge=0)
+    patience: int = Field(default=5, ge=0)
+    min_delta: float = Field(default=0.0, ge=0)
 
 
 class CheckpointConfig(_Options):
     monitor: str = "val.loss"
     mode: Literal["min", "max"] = "min"
-    save_top_k: int = Field(1, ge=0, description="best checkpoints kept (0: none)")
+    save_top_k: int = Field(default=1, ge=0, description="best checkpoints kept (0: none)")
     save_last: bool = True
     every_n_steps: int | None = Field(
-        None, gt=0, description="also write the last checkpoint every N optimizer steps"
+        default=None, gt=0, description="also write the last checkpoint every N optimizer steps"
     )
 
 
 class CallbackSpec(_Options):
     """A user callback: ``class`` is an import path, ``args`` its keyword arguments."""
 
-    class_path: str = Field(..., alias="class")
+    class_path: str = Field(alias="class")
     args: dict[str, Any] = Field(default_factory=dict)
 
     @model_serializer(mode="wrap")
@@ -78,30 +81,58 @@ class CallbackSpec(_Options):
 
 class TrackingConfig(_Options):
     backend: Literal["auto", "mlflow", "local"] = "auto"
-    register_model: str | None = Field(None, description="register the model under this name")
-    system_metrics: bool = Field(
-        False, description="track CPU, memory and GPU use with each epoch (system/... metrics)"
+    register_model: str | None = Field(
+        default=None, description="register the model under this name"
     )
+    system_metrics: bool = Field(
+        default=False,
+        description="track CPU, memory and GPU use with each epoch (system/... metrics)",
+    )
+
+
+class PrometheusConfig(_Options):
+    """Expose the ``mlp_training_*`` metrics (:mod:`mlp_train.prometheus`)."""
+
+    port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve /metrics on this port while training (0: any)",
+    )
+    address: str = Field(default="127.0.0.1", description="the address the /metrics server binds")
+    textfile: Path | None = Field(
+        default=None, description="rewrite this file in the text format after every epoch"
+    )
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> PrometheusConfig:
+        if self.port is None and self.textfile is None:
+            raise ValueError("set port (a /metrics server), textfile (a file), or both")
+        return self
 
 
 class TrainerConfig(TrainingSection):
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig | None = None
     precision: Literal["32", "bf16", "fp16"] = Field(
-        "32", description="bf16: autocast (CPU or CUDA); fp16: autocast + grad scaler (CUDA)"
+        default="32",
+        description="bf16: autocast (CPU or CUDA); fp16: autocast + grad scaler (CUDA)",
     )
-    accumulate_grad_batches: int = Field(1, gt=0)
-    gradient_clip_val: float | None = Field(None, gt=0)
+    accumulate_grad_batches: int = Field(default=1, gt=0)
+    gradient_clip_val: float | None = Field(default=None, gt=0)
     gradient_clip_algorithm: Literal["norm", "value"] = "norm"
     gradient_checkpointing: bool = False
     deterministic: bool = False
-    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    max_steps: int | None = Field(
+        default=None, gt=0, description="stop after this many optimizer steps"
+    )
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: CheckpointConfig = CheckpointConfig()
     progress: Literal["auto", "bar", "plain", "none"] = "auto"
-    log_every_n_steps: int = Field(50, gt=0)
+    log_every_n_steps: int = Field(default=50, gt=0)
     callbacks: list[CallbackSpec] = Field(default_factory=list)
     tracking: TrackingConfig = TrackingConfig()
+    prometheus: PrometheusConfig | None = None
     run_name: str | None = None
 
     @field_validator("precision", mode="before")
@@ -123,5 +154,7 @@ class OpenDataSection(DataSection):
 
 
 class TrainConfig(MlpConfig):
-    data: OpenDataSection = OpenDataSection()
-    training: TrainerConfig = TrainerConfig()
+    # A section's owner narrows its type (DESIGN.md): pydantic validates the subclass; pyright
+    # sees a mutable attribute's type change.
+    data: OpenDataSection = OpenDataSection()  # pyright: ignore[reportIncompatibleVariableOverride]
+    training: TrainerConfig = TrainerConfig()  # pyright: ignore[reportIncompatibleVariableOverride]

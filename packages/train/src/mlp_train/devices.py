@@ -6,6 +6,7 @@ import contextlib
 import re
 
 import torch
+from torch.amp.grad_scaler import GradScaler
 
 from mlp_core.errors import ConfigError
 
@@ -47,7 +48,7 @@ class Precision:
         self.device = device
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         # Only fp16 underflows without loss scaling; bf16 has fp32's range.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.scaler = GradScaler(device.type, enabled=precision == "fp16")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:

@@ -70,13 +70,6 @@ class DistributedContext:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
-    def mean(self, value: float, device: torch.device) -> float:
-        if not (self.enabled and dist.is_initialized()):
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(tensor)
-        return float(tensor.item()) / self.world_size
-
     def shutdown(self) -> None:
         """Tear the group down once every rank is done (rank 0 finishes last: it evaluates,
         saves and tracks); a rank destroying its group while a peer still works can hang.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Literal
 
 import numpy as np
 import torch
@@ -41,7 +40,6 @@ METRIC_NAMES: dict[str, list[str]] = {
     "regression": ["mse", "rmse", "mae", "r2"],
 }
 
-_LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae"})
 
 # Sums of squares cancel catastrophically when the variance is tiny next to the mean squared; a
 # total sum of squares below this fraction of sum(y^2) is rounding noise, i.e. constant targets.
@@ -293,13 +291,13 @@ class RegressionMetrics(SyncedMetric):
             )
         dtype = _accumulator_dtype(predictions.device)
         predictions, targets = predictions.to(dtype), targets.to(dtype)
-        self._allocate(predictions.shape[1], predictions.device)
+        sums, count = self._allocate(predictions.shape[1], predictions.device)
         errors = predictions - targets
         batch_sums = torch.stack(
             [errors.square().sum(0), errors.abs().sum(0), targets.sum(0), targets.square().sum(0)]
         )
-        self._sums += batch_sums
-        self._count += predictions.shape[0]
+        sums += batch_sums
+        count += predictions.shape[0]
 
     def state_tensors(self) -> list[Tensor]:
         if self._sums is None or self._count is None:
@@ -330,7 +328,8 @@ class RegressionMetrics(SyncedMetric):
             "r2": _r2(squared_errors, target_sums, target_squares, count),
         }
 
-    def _allocate(self, width: int, device: torch.device) -> None:
+    def _allocate(self, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The (sums, count) accumulators on ``device``, created at the first batch."""
         if self._sums is None or self._count is None:
             dtype = _accumulator_dtype(device)
             self._sums = torch.zeros(4, width, dtype=dtype, device=device)
@@ -338,6 +337,7 @@ class RegressionMetrics(SyncedMetric):
         else:
             self._sums = self._sums.to(device)
             self._count = self._count.to(device)
+        return self._sums, self._count
 
 
 class AverageMeter(SyncedMetric):
@@ -442,12 +442,6 @@ def check_monitor(monitor: str, task: str) -> None:
             f"cannot monitor {monitor!r} for task {task!r}; valid names: {', '.join(valid)}",
             hint="Monitor one of the names listed, e.g. 'val.loss'.",
         )
-
-
-def monitor_mode(monitor: str) -> Literal["min", "max"]:
-    """Whether a smaller (losses, errors) or a larger value of ``monitor`` is better."""
-    name = monitor.split(".", 1)[-1]
-    return "min" if name in _LOWER_IS_BETTER else "max"
 
 
 def _roc_auc(scores: Tensor, positives: Tensor) -> float:

@@ -22,13 +22,16 @@ def build_optimizer(config: OptimizerConfig, model: nn.Module) -> optim.Optimize
     return kind(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
 
 
+Scheduler = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau
+
+
 def build_scheduler(
     config: SchedulerConfig | None,
     optimizer: optim.Optimizer,
     *,
     epochs: int,
     steps_per_epoch: int,
-) -> tuple[lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau | None, str]:
+) -> tuple[Scheduler | None, str]:
     """The scheduler and when it steps: ``"epoch"``, ``"step"`` or ``"plateau"``."""
     if config is None:
         return None, "epoch"

@@ -34,6 +34,11 @@ _SPLIT_STYLES = {"train": "--", "val": "-"}
 def plot_training_curves(
     history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]
 ) -> Path:
+    """Write :func:`training_curves_figure` of ``history`` to ``path`` as a PNG."""
+    return _save(training_curves_figure(history), path)
+
+
+def training_curves_figure(history: Sequence[Mapping[str, Any]]) -> Figure:
     """Losses in one panel, every other ``<split>.<metric>`` in a second, against the epoch.
 
     Rows are the per-epoch records a trainer logs (``{"epoch": 0, "train.loss": 0.7, ...}``).
@@ -77,7 +82,7 @@ def plot_training_curves(
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
-    return _save(figure, path)
+    return figure
 
 
 def plot_confusion_matrix(

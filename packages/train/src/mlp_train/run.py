@@ -1,6 +1,6 @@
 """A training run from a config: the run folder, data, model, tracking, fit, final evaluation.
 
-The run folder holds::
+The run folder holds (file names from :class:`mlp_core.runs.RunFiles`)::
 
     config.yaml          the resolved config (what `--resume` and `mlp evaluate` read)
     log.jsonl            structured logs
@@ -17,9 +17,9 @@ The run folder holds::
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,21 +30,20 @@ import yaml
 from mlp_core.config import apply_overrides, load_config, save_config, validate_config
 from mlp_core.errors import CheckpointError, ConfigError
 from mlp_core.files import atomic_write_text
-from mlp_core.runs import new_run_dir
+from mlp_core.runs import RunFiles, new_run_dir
 from mlp_core.seeding import seed_everything
-from mlp_data import DataAdapter, create_adapter
-from mlp_models import BaseModel, create_model, load_model
-from mlp_models.registry import models as model_registry
+from mlp_core.tasks import prediction_task
+from mlp_data import DataAdapter, DatasetInfo, create_adapter
+from mlp_models import BaseModel, accepted_arguments, create_model, load_model
 from mlp_obs.log import bind_context, configure_logging
-from mlp_obs.tracking import create_tracker
+from mlp_obs.tracking import ExperimentTracker, create_tracker, tracked_run_id
 from mlp_train.checkpoint import CheckpointStore, load_checkpoint
-from mlp_train.config import TrainConfig
+from mlp_train.config import TrainConfig, TrainerConfig
 from mlp_train.distributed import DistributedContext
 from mlp_train.plots import plot_confusion_matrix, plot_residuals, plot_training_curves
-from mlp_train.trainer import Trainer
+from mlp_train.prometheus import PrometheusExposition
+from mlp_train.trainer import Evaluation, Trainer
 
-CONFIG_FILE = "config.yaml"
-MODEL_DIR = "model"
 log = logging.getLogger(__name__)
 
 
@@ -75,9 +74,10 @@ def train(
             config.training.run_dir = Path(runs_root)
         run_dir = _new_run_dir(config, dist)
     training = config.training
+    files = RunFiles(run_dir)
     if dist.is_main:
-        save_config(config, run_dir / CONFIG_FILE)
-    configure_logging(json_file=run_dir / "log.jsonl" if dist.is_main else None)
+        save_config(config, files.config)
+    configure_logging(json_file=files.log if dist.is_main else None)
     seed_everything(training.seed, deterministic=training.deterministic)
 
     adapter = create_adapter(config.data.model_dump(), source=str(config_path or run_dir))
@@ -87,19 +87,25 @@ def train(
     loaders = adapter.loaders(distributed=dist.enabled, rank=dist.rank, world_size=dist.world_size)
     tracker = None
     if dist.is_main:
-        _write_json(run_dir / "dataset.json", info.as_dict())
-        _write_json(run_dir / "preprocessing.json", adapter.preprocessing())
+        _write_json(files.dataset, info.as_dict())
+        _write_json(files.preprocessing, adapter.preprocessing())
         tracker = create_tracker(
             run_dir, runs_root=training.run_dir, backend=training.tracking.backend
         )
-        previous = _tracked_run_id(run_dir) if resume is not None else None
+        previous = tracked_run_id(run_dir) if resume is not None else None
         tracker.start_run(run_dir.name, experiment=training.experiment, run_id=previous)
         if previous is None:  # a resumed run keeps its params (MLflow refuses changed values)
             tracker.log_params(config.model_dump(mode="json"))
+    # Rank 0 alone exposes the training metrics: the other ranks would contend for the port.
+    exposition = PrometheusExposition(training.prometheus) if training.prometheus else None
+    if not dist.is_main:
+        exposition = None
     trainer = Trainer(
         training,
         run_dir=run_dir,
+        callbacks=[exposition] if exposition else [],
         tracker=tracker,
+        prometheus=exposition.metrics if exposition else None,
         class_names=info.class_names,
         distributed=dist,
     )
@@ -122,52 +128,60 @@ def train(
 def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, float]:
     """Recompute a finished run's metrics and plots on ``split`` from its saved model."""
     run_dir = Path(run_dir)
+    files = RunFiles(run_dir)
     config = _read_run_config(run_dir)
     seed_everything(config.training.seed)
-    adapter = create_adapter(config.data.model_dump(), source=str(run_dir / CONFIG_FILE))
+    adapter = create_adapter(config.data.model_dump(), source=str(files.config))
     adapter.prepare()
     _check_same_preprocessing(run_dir, adapter)
-    model = load_model(run_dir / MODEL_DIR)
+    model = load_model(files.model)
     trainer = Trainer(_quiet(config.training), class_names=adapter.info().class_names)
     loader = adapter.loaders((split,))[split]
     result = trainer.evaluate(model, loader, split, sync=False)
     _write_plots(run_dir, _read_history(run_dir), model, result, split)
     values = result.metrics
-    path = run_dir / "metrics.json"
+    path = files.metrics
     existing = json.loads(path.read_text()) if path.exists() else {}
     existing.update(values)
     _write_json(path, existing)
     return values
 
 
-def build_model(config: TrainConfig, info: Any) -> BaseModel:
+def build_model(config: TrainConfig, info: DatasetInfo) -> BaseModel:
     """The configured model, given what the data decides (inputs, classes, task)."""
     user = dict(config.model.model_extra or {})
-    factory = model_registry.get(config.model.name)
-    accepted = inspect.signature(factory).parameters
+    accepted = accepted_arguments(config.model.name)
     from_data = {k: v for k, v in _data_kwargs(info).items() if k in accepted and k not in user}
     return create_model(config.model.name, **from_data, **user)
 
 
-def _data_kwargs(info: Any) -> dict[str, Any]:
+def _data_kwargs(info: DatasetInfo) -> dict[str, Any]:
     kwargs = dict(info.model_kwargs())
     size = kwargs.get("image_size")
     if isinstance(size, (list, tuple)):
         if len(set(size)) != 1:
             raise ConfigError(f"data: the vision models take square images, got {list(size)}")
         kwargs["image_size"] = int(size[0])
-    kwargs["task"] = "regression" if info.task == "regression" else "multiclass"
+    kwargs["task"] = prediction_task(info.task)
     return kwargs
 
 
-def _finish(trainer, model, adapter: DataAdapter, run_dir: Path, tracker, config) -> dict:
+def _finish(
+    trainer: Trainer,
+    model: BaseModel,
+    adapter: DataAdapter,
+    run_dir: Path,
+    tracker: ExperimentTracker | None,
+    config: TrainConfig,
+) -> dict[str, float]:
     """Keep the best weights, save the model, evaluate on val and test, plot, track.
 
     Rank 0 alone does this, on the whole val and test sets; the other ranks are done.
     """
     if not trainer.is_main:
         return {}
-    store = CheckpointStore(run_dir / "checkpoints")
+    files = RunFiles(run_dir)
+    store = CheckpointStore(files.checkpoints)
     best = store.best(config.training.checkpoint.mode)
     if best is not None:
         state = load_checkpoint(store.folder / best.file, trainer.device, sha256=best.sha256)
@@ -176,29 +190,36 @@ def _finish(trainer, model, adapter: DataAdapter, run_dir: Path, tracker, config
     metrics: dict[str, float] = {}
     last = None
     for split in ("val", "test"):
-        if len(loaders[split].dataset) == 0:
+        dataset = loaders[split].dataset
+        if isinstance(dataset, Sized) and len(dataset) == 0:
             continue
         last = trainer.evaluate(model, loaders[split], split, sync=False)
         metrics.update(last.metrics)
-    model.save(run_dir / MODEL_DIR)
-    _write_json(run_dir / "metrics.json", metrics)
+    model.save(files.model)
+    _write_json(files.metrics, metrics)
     plots = _write_plots(run_dir, trainer.history, model, last, last.split if last else "test")
     if tracker is not None:
         tracker.log_metrics({f"final.{k}": v for k, v in metrics.items()})
-        for path in [run_dir / CONFIG_FILE, run_dir / "metrics.json", *plots]:
+        for path in [files.config, files.metrics, *plots]:
             tracker.log_artifact(path, artifact_path="plots" if path.suffix == ".png" else None)
-        tracker.log_artifact(run_dir / MODEL_DIR, artifact_path=MODEL_DIR)
+        tracker.log_artifact(files.model, artifact_path=RunFiles.MODEL)
         if best is not None:
-            tracker.log_artifact(store.folder / best.file, artifact_path="checkpoints")
+            tracker.log_artifact(store.folder / best.file, artifact_path=RunFiles.CHECKPOINTS)
         name = config.training.tracking.register_model
         if name:
-            tracker.register_model(name, MODEL_DIR)
+            tracker.register_model(name, RunFiles.MODEL)
     log.info("run finished: %s", json.dumps(metrics))
     return metrics
 
 
-def _write_plots(run_dir: Path, history, model, result, split: str) -> list[Path]:
-    plots = run_dir / "plots"
+def _write_plots(
+    run_dir: Path,
+    history: list[dict[str, Any]],
+    model: BaseModel,
+    result: Evaluation | None,
+    split: str,
+) -> list[Path]:
+    plots = RunFiles(run_dir).plots
     written = []
     if history:
         written.append(plot_training_curves(history, plots / "training_curves.png"))
@@ -215,8 +236,8 @@ def _write_plots(run_dir: Path, history, model, result, split: str) -> list[Path
     return written
 
 
-def _read_history(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+def _read_history(run_dir: Path) -> list[dict[str, Any]]:
+    path = RunFiles(run_dir).epoch_metrics
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -241,10 +262,12 @@ def _device_of(config: TrainConfig, dist: DistributedContext) -> torch.device:
     return dist.device(select_device(config.training.device))
 
 
-def _resume_config(run_dir: Path, config_path, overrides) -> TrainConfig:
-    if not (run_dir / CONFIG_FILE).exists():
+def _resume_config(
+    run_dir: Path, config_path: str | Path | None, overrides: list[str] | tuple[str, ...]
+) -> TrainConfig:
+    if not RunFiles(run_dir).config.exists():
         raise CheckpointError(
-            f"{run_dir} is not a run folder (no {CONFIG_FILE})",
+            f"{run_dir} is not a run folder (no {RunFiles.CONFIG})",
             hint="Pass the folder `mlp train` printed as its last line.",
         )
     saved = _read_run_config(run_dir, overrides)
@@ -259,8 +282,8 @@ def _resume_config(run_dir: Path, config_path, overrides) -> TrainConfig:
     return saved
 
 
-def _read_run_config(run_dir: Path, overrides=()) -> TrainConfig:
-    path = run_dir / CONFIG_FILE
+def _read_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    path = RunFiles(run_dir).config
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -278,18 +301,8 @@ def _absolute_data_path(config: TrainConfig) -> None:
         config.data.path = Path(path).resolve()
 
 
-def _tracked_run_id(run_dir: Path) -> str | None:
-    """The tracking run of an earlier attempt of this run folder, to continue it."""
-    from mlp_obs.tracking.jsonl_tracker import read_events
-
-    if not (run_dir / "tracking.jsonl").exists():
-        return None
-    starts = [e for e in read_events(run_dir) if e.get("event") == "start_run"]
-    return starts[0].get("run_id") if starts else None
-
-
 def _check_same_preprocessing(run_dir: Path, adapter: DataAdapter) -> None:
-    saved_path = run_dir / "preprocessing.json"
+    saved_path = RunFiles(run_dir).preprocessing
     if not saved_path.exists():
         return
     saved = json.loads(saved_path.read_text())
@@ -302,7 +315,7 @@ def _check_same_preprocessing(run_dir: Path, adapter: DataAdapter) -> None:
         )
 
 
-def _quiet(training):
+def _quiet(training: TrainerConfig) -> TrainerConfig:
     return training.model_copy(update={"progress": "none"})
 
 

@@ -4,8 +4,12 @@ It owns the loop, the optimizer, the scheduler, mixed precision, gradient accumu
 clipping, checkpoints and resume; the model owns how a batch becomes a loss
 (``training_step``); callbacks observe (:mod:`mlp_train.callbacks.base`).
 
+Where the loop is (epoch, step, position inside the epoch) is one :class:`~mlp_train.progress.
+Progress` object, ``trainer.progress``; hooks are dispatched by one function,
+:func:`~mlp_train.callbacks.base.call_hooks`.
+
 Resume is exact: a checkpoint holds the model, optimizer, scheduler and grad-scaler states, the
-epoch, the step and the position inside the epoch, every RNG state and the callbacks' states,
+progress, every RNG state and the callbacks' states,
 and the training loader's order is a function of (seed, epoch) (:class:`mlp_data.sampler.
 EpochSampler`), so a run killed mid-epoch and resumed ends with the weights the run would have
 had without the kill (on the CPU in deterministic mode, with ``num_workers=0``).
@@ -22,7 +26,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,6 +34,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from mlp_core.errors import CheckpointError, ConfigError, MlpError, TrainingError
+from mlp_core.runs import RunFiles
+from mlp_models import BaseModel
 from mlp_models.tasks import task_predictions
 from mlp_train.callbacks import (
     Callback,
@@ -39,12 +45,18 @@ from mlp_train.callbacks import (
     ModelCheckpoint,
     ProgressPrinter,
 )
-from mlp_train.checkpoint import CheckpointStore, capture_rng, restore_rng
+from mlp_train.callbacks.base import Hook, call_hooks
+from mlp_train.checkpoint import CheckpointStore, Kind, capture_rng, restore_rng
 from mlp_train.config import CallbackSpec, TrainerConfig
 from mlp_train.devices import Precision, select_device
 from mlp_train.distributed import DistributedContext
 from mlp_train.metrics import AverageMeter, check_monitor, metrics_for
-from mlp_train.optim import build_optimizer, build_scheduler
+from mlp_train.optim import Scheduler, build_optimizer, build_scheduler
+from mlp_train.progress import Progress
+
+if TYPE_CHECKING:
+    from mlp_obs.metrics import TrainingMetrics
+    from mlp_obs.tracking import ExperimentTracker
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +80,7 @@ class _StepModule(nn.Module):
     """Runs ``training_step`` inside ``forward`` so DistributedDataParallel sees the call and
     synchronises gradients (calling the model's own method would bypass DDP's hooks)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: BaseModel) -> None:
         super().__init__()
         self.model = model
 
@@ -84,8 +96,8 @@ class Trainer:
         *,
         run_dir: str | Path | None = None,
         callbacks: Iterable[Callback] = (),
-        tracker: Any = None,
-        prometheus: Any = None,
+        tracker: ExperimentTracker | None = None,
+        prometheus: TrainingMetrics | None = None,
         class_names: list[str] | None = None,
         distributed: DistributedContext | None = None,
     ) -> None:
@@ -96,25 +108,16 @@ class Trainer:
         self.precision = Precision(self.config.precision, self.device)
         self.class_names = class_names
         self.tracker = tracker
-        self.store = CheckpointStore(self.run_dir / "checkpoints") if self.run_dir else None
+        self.store = CheckpointStore(RunFiles(self.run_dir).checkpoints) if self.run_dir else None
         self.callbacks = self._default_callbacks(tracker, prometheus) + list(callbacks)
         self.callbacks += [_load_user_callback(spec) for spec in self.config.callbacks]
         self.run_name = self.config.run_name or (self.run_dir.name if self.run_dir else "run")
 
-        self.epochs = self.config.epochs
-        self.log_every_n_steps = self.config.log_every_n_steps
-        self.epoch = 0
-        self.start_epoch = 0
-        self.step = 0
-        self.batch_in_epoch = 0
-        self.resumed_steps_in_epoch = 0
-        self.steps_per_epoch = 0
-        self.last_step_samples = 0
-        self.at_epoch_end = False
+        self.progress = Progress()
         self.history: list[dict[str, float]] = []
-        self.model: nn.Module | None = None
+        self.model: BaseModel | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: Any = None
+        self.scheduler: Scheduler | None = None
         self.scheduler_interval = "epoch"
         self._stop_reason: str | None = None
         self._interrupted = False
@@ -128,7 +131,7 @@ class Trainer:
 
     def fit(
         self,
-        model: nn.Module,
+        model: BaseModel,
         train_loader: DataLoader,
         val_loader: DataLoader | None = None,
         *,
@@ -139,36 +142,32 @@ class Trainer:
         self._setup(model, train_loader)
         if resume:
             self._resume()
-        for callback in self.callbacks:
-            callback.on_fit_start(self)
+        self._call("on_fit_start")
         metrics: dict[str, float] = {}
         try:
             with self._interrupt_handler():
-                for epoch in range(self.start_epoch, self.epochs):
-                    self.epoch = epoch
+                for epoch in range(self.progress.start_epoch, self.config.epochs):
                     metrics = self._run_epoch(epoch, train_loader, val_loader)
                     if self._should_stop():
                         break
         except BaseException as error:
-            for callback in self.callbacks:
-                callback.on_exception(self, error)
+            self._call("on_exception", error)
             raise
-        for callback in self.callbacks:
-            callback.on_fit_end(self)
+        self._call("on_fit_end")
         if self._stop_reason and self.is_main:
             log.info(self._stop_reason)
         return metrics
 
     def validate(
-        self, model: nn.Module, loader: DataLoader, split: str = "val"
+        self, model: BaseModel, loader: DataLoader, split: str = "val"
     ) -> dict[str, float]:
         return self.evaluate(model, loader, split).metrics
 
-    def test(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
+    def test(self, model: BaseModel, loader: DataLoader) -> dict[str, float]:
         return self.evaluate(model, loader, "test").metrics
 
     def evaluate(
-        self, model: nn.Module, loader: DataLoader, split: str, *, sync: bool = True
+        self, model: BaseModel, loader: DataLoader, split: str, *, sync: bool = True
     ) -> Evaluation:
         """Loss and task metrics of ``split``, with the predictions (for plots).
 
@@ -210,37 +209,41 @@ class Trainer:
 
     def check_monitor(self, monitor: str, option: str) -> None:
         try:
-            check_monitor(monitor, self.model.task)  # type: ignore[union-attr]
+            check_monitor(monitor, self._model().task)
         except ConfigError as exc:
             raise ConfigError(f"training.{option}: {exc.message}", hint=exc.hint) from None
 
-    def save_checkpoint(self, kind: str, **options: Any) -> Path | None:
-        """Write a checkpoint of the current state (rank 0; every rank waits at a barrier)."""
+    def save_checkpoint(
+        self, kind: Kind, *, monitor: str | None = None, value: float | None = None
+    ) -> Path | None:
+        """Write a checkpoint of the current state (rank 0; every rank waits at a barrier);
+        its path on rank 0, None elsewhere or without a run folder."""
         if self.store is None:
             return None
         self.dist.barrier()
         path = None
         if self.is_main:
-            path = self.store.save(self.checkpoint_state(), kind=kind, **options)
+            path = self.store.write(
+                self.checkpoint_state(), kind=kind, monitor=monitor, value=value
+            )
         self.dist.barrier()
         return path
 
     def checkpoint_state(self) -> dict[str, Any]:
-        model = self.model
-        epoch, batch = (
-            (self.epoch + 1, 0) if self.at_epoch_end else (self.epoch, self.batch_in_epoch)
-        )
+        model = self._model()
+        progress = self.progress.state_dict()
+        mid_epoch = progress["batch_in_epoch"] > 0
+        meter = self._train_meter
         return {
-            "model_name": model.model_name,  # type: ignore[union-attr]
-            "model_config": model.get_config(),  # type: ignore[union-attr]
-            "model": model.state_dict(),  # type: ignore[union-attr]
-            "optimizer": self.optimizer.state_dict(),  # type: ignore[union-attr]
+            "model_name": model.model_name,
+            "model_config": model.get_config(),
+            "model": model.state_dict(),
+            "optimizer": self._optimizer().state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.precision.scaler.state_dict(),
-            "epoch": epoch,
-            "step": self.step,
-            "batch_in_epoch": batch,
-            "train_meter": [self._train_meter.sum, self._train_meter.count] if batch else [0.0, 0],
+            "progress": progress,
+            # A mid-epoch resume continues the epoch's running training loss.
+            "train_meter": [meter.sum, meter.count] if mid_epoch else [0.0, 0],
             "rng": capture_rng(),
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
             "history": self.history,
@@ -249,55 +252,66 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def _setup(self, model: nn.Module, train_loader: DataLoader) -> None:
+    def _model(self) -> BaseModel:
+        if self.model is None:
+            raise TrainingError("the trainer has no model yet: call fit() first")
+        return self.model
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            raise TrainingError("the trainer has no optimizer yet: call fit() first")
+        return self.optimizer
+
+    def _call(self, hook: Hook, *args: Any) -> None:
+        call_hooks(self.callbacks, hook, self, *args)
+
+    def _setup(self, model: BaseModel, train_loader: DataLoader) -> None:
         self.dist.init(self.device)
         if self.config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self.config.gradient_checkpointing:
-            if not getattr(model, "supports_gradient_checkpointing", False):
+            if not model.supports_gradient_checkpointing:
                 raise ConfigError(
                     f"training.gradient_checkpointing: model {model.model_name!r} does not "
                     "support it"
                 )
             model.set_gradient_checkpointing(True)
         self.model = model.to(self.device)
-        self.net: nn.Module = _StepModule(self.model)
+        self.net: nn.Module = _StepModule(model)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.net, device_ids=ids)
-        self.optimizer = build_optimizer(self.config.optimizer, self.model)
+        self.optimizer = build_optimizer(self.config.optimizer, model)
         batches = len(train_loader)
-        self.steps_per_epoch = math.ceil(batches / self.config.accumulate_grad_batches)
+        steps_per_epoch = math.ceil(batches / self.config.accumulate_grad_batches)
+        self.progress.steps_per_epoch = steps_per_epoch
         self.scheduler, self.scheduler_interval = build_scheduler(
             self.config.scheduler,
             self.optimizer,
-            epochs=self.epochs,
-            steps_per_epoch=self.steps_per_epoch,
+            epochs=self.config.epochs,
+            steps_per_epoch=steps_per_epoch,
         )
 
     def _run_epoch(
         self, epoch: int, train_loader: DataLoader, val_loader: DataLoader | None
     ) -> dict[str, float]:
-        self.at_epoch_end = False
-        skip = self.batch_in_epoch
+        progress = self.progress
+        progress.begin_epoch(epoch)
+        skip = progress.batch_in_epoch
         if not skip:
             self._train_meter.reset()
         _start_epoch(train_loader, epoch, skip_batches=skip, seed=self.config.seed)
-        for callback in self.callbacks:
-            callback.on_train_epoch_start(self, epoch)
+        self._call("on_train_epoch_start", epoch)
         self.net.train()
         stopped = self._train_batches(train_loader, skip)
-        self.resumed_steps_in_epoch = 0
         self._train_meter.sync()
         metrics = {"train.loss": self._train_meter.avg}
         if val_loader is not None:
-            metrics.update(self.validate(self.model, val_loader))  # type: ignore[arg-type]
-        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])  # type: ignore[union-attr]
+            metrics.update(self.validate(self._model(), val_loader))
+        metrics["lr"] = float(self._optimizer().param_groups[0]["lr"])
         self.history.append({"epoch": epoch, **metrics})
-        self.at_epoch_end = True
-        self.batch_in_epoch = 0
-        for callback in self.callbacks:
-            callback.on_epoch_end(self, epoch, metrics)
+        progress.end_epoch()
+        self._call("on_epoch_end", epoch, metrics)
         if stopped:
             self.request_stop(f"max_steps reached ({self.config.max_steps})")
         return metrics
@@ -306,8 +320,9 @@ class Trainer:
         """One epoch of optimizer steps; True when ``max_steps`` was reached."""
         accumulate = self.config.accumulate_grad_batches
         total = len(loader) + skip
-        optimizer = self.optimizer
+        optimizer = self._optimizer()
         scaler = self.precision.scaler
+        progress = self.progress
         samples = 0
         for index, batch in enumerate(loader, start=skip):
             batch = self._to_device(batch)
@@ -315,9 +330,9 @@ class Trainer:
             # The epoch's last group may hold fewer batches: average over those it holds, so
             # that its step is as big as the others (as one batch of their size would be).
             group = min(accumulate, total - index + index % accumulate)
-            sync = contextlib.nullcontext()
-            if self.dist.enabled and not boundary:
-                sync = self.net.no_sync()  # type: ignore[operator]
+            sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if isinstance(self.net, DistributedDataParallel) and not boundary:
+                sync = self.net.no_sync()
             with sync:
                 with self.precision.autocast():
                     loss, _, targets = self.net(batch)
@@ -330,25 +345,24 @@ class Trainer:
             if not boundary:
                 continue
             self._optimizer_step(optimizer, scaler)
-            self.step += 1
-            self.batch_in_epoch = index + 1
-            self.last_step_samples, samples = samples, 0
-            for callback in self.callbacks:
-                callback.on_train_step_end(self, self.step, value)
+            progress.step += 1
+            progress.batch_in_epoch = index + 1
+            progress.last_step_samples, samples = samples, 0
+            self._call("on_train_step_end", progress.step, value)
             if self.dist.broadcast_flag(self._interrupted, self.device):
                 self.save_checkpoint("last")
                 raise TrainingInterrupted(
-                    f"training interrupted at epoch {self.epoch + 1}, step {self.step}; "
+                    f"training interrupted at epoch {progress.epoch + 1}, step {progress.step}; "
                     f"a checkpoint was written to {self.store.folder if self.store else '-'}"
                 )
-            if self.config.max_steps and self.step >= self.config.max_steps:
+            if self.config.max_steps and progress.step >= self.config.max_steps:
                 return True
         return False
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, scaler: Any) -> None:
         if self.config.gradient_clip_val is not None:
             scaler.unscale_(optimizer)
-            params = self.model.parameters()  # type: ignore[union-attr]
+            params = self._model().parameters()
             if self.config.gradient_clip_algorithm == "norm":
                 torch.nn.utils.clip_grad_norm_(params, self.config.gradient_clip_val)
             else:
@@ -362,7 +376,8 @@ class Trainer:
         if self.store is not None and self.store.entries():
             kept = f"the last good checkpoint is kept in {self.store.folder}"
         return TrainingError(
-            f"the training loss became {value} at epoch {self.epoch + 1}, step {self.step + 1}; "
+            f"the training loss became {value} at epoch {self.progress.epoch + 1}, "
+            f"step {self.progress.step + 1}; "
             f"training stopped and {kept}",
             hint="Lower the learning rate, clip gradients (training.gradient_clip_val) or check "
             "the data for NaN/inf values; then resume or start again.",
@@ -377,7 +392,7 @@ class Trainer:
         if self.store is None:
             raise CheckpointError("resume needs a run folder")
         state, path = self.store.load_latest(self.device)
-        model = self.model
+        model = self._model()
         if state["model_name"] != model.model_name or state["model_config"] != model.get_config():
             raise CheckpointError(
                 f"{path} was written by model {state['model_name']!r} "
@@ -390,15 +405,13 @@ class Trainer:
                 f"{self.dist.world_size}: the data order would differ"
             )
         model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[union-attr]
+        self._optimizer().load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.precision.scaler.load_state_dict(state["scaler"])
-        self.start_epoch = self.epoch = int(state["epoch"])
-        self.step = int(state["step"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
-        self.resumed_steps_in_epoch = math.ceil(
-            self.batch_in_epoch / self.config.accumulate_grad_batches
+        progress = self.progress
+        progress.load_state_dict(
+            state["progress"], accumulate_grad_batches=self.config.accumulate_grad_batches
         )
         self._train_meter.sum, self._train_meter.count = state["train_meter"]
         self.history = list(state["history"])
@@ -410,14 +423,16 @@ class Trainer:
             log.info(
                 "resumed from %s: epoch %d, step %d, batch %d of the epoch",
                 path,
-                self.epoch + 1,
-                self.step,
-                self.batch_in_epoch,
+                progress.epoch + 1,
+                progress.step,
+                progress.batch_in_epoch,
             )
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _default_callbacks(self, tracker: Any, prometheus: Any) -> list[Callback]:
+    def _default_callbacks(
+        self, tracker: ExperimentTracker | None, prometheus: TrainingMetrics | None
+    ) -> list[Callback]:
         config = self.config
         callbacks: list[Callback] = []
         if config.scheduler is not None:
@@ -459,7 +474,7 @@ class Trainer:
 
         def handle(signum: int, frame: Any) -> None:
             if self._interrupted:
-                signal.signal(signum, previous[signum])
+                signal.signal(signum, previous[signal.Signals(signum)])
                 raise KeyboardInterrupt
             self._interrupted = True
             if self.is_main:
@@ -476,20 +491,23 @@ class Trainer:
 
 def _start_epoch(loader: DataLoader, epoch: int, *, skip_batches: int, seed: int) -> None:
     """Put the loader's order at ``epoch`` and skip what a resumed run has already seen."""
-    sampler = loader.sampler
-    if loader.batch_sampler is not None and hasattr(loader.batch_sampler, "sampler"):
-        sampler = loader.batch_sampler.sampler
+    # Samplers are duck-typed: EpochSampler's set_epoch(epoch, skip=...), DistributedSampler's
+    # set_epoch(epoch), or none at all.
+    sampler: object = getattr(loader.batch_sampler, "sampler", None)
+    if sampler is None:
+        sampler = loader.sampler
     skip = skip_batches * (loader.batch_size or 1)
-    if hasattr(sampler, "set_epoch"):
+    set_epoch = getattr(sampler, "set_epoch", None)
+    if set_epoch is not None:
         try:
-            sampler.set_epoch(epoch, skip=skip)
+            set_epoch(epoch, skip=skip)
         except TypeError:  # a sampler without resume support, e.g. DistributedSampler
             if skip:
                 raise CheckpointError(
                     f"the training loader's sampler ({type(sampler).__name__}) cannot resume "
                     "mid-epoch; use mlp_data's loaders (EpochSampler)"
                 ) from None
-            sampler.set_epoch(epoch)
+            set_epoch(epoch)
     elif skip:
         raise CheckpointError(
             f"the training loader's sampler ({type(sampler).__name__}) cannot resume mid-epoch"
@@ -499,7 +517,7 @@ def _start_epoch(loader: DataLoader, epoch: int, *, skip_batches: int, seed: int
         loader.generator.manual_seed(seed + epoch)
 
 
-def _num_classes(model: nn.Module) -> int | None:
+def _num_classes(model: BaseModel) -> int | None:
     if model.task == "regression":
         return None
     if model.task == "binary":

@@ -1,6 +1,7 @@
-"""The hook interface of the training loop (an Observer).
+"""The hook interface of the training loop (an Observer), and the one function that calls it.
 
-A callback overrides the hooks it needs; the trainer calls them in this order::
+A callback overrides the hooks it needs; the trainer calls them, through :func:`call_hooks`, in
+this order::
 
     on_fit_start
     for each epoch:
@@ -9,17 +10,28 @@ A callback overrides the hooks it needs; the trainer calls them in this order::
         on_epoch_end           after validation, with the epoch's metrics
     on_fit_end                 (or on_exception, then the error propagates)
 
-A callback that keeps state across epochs (early stopping's patience, the top-k checkpoints)
-returns it from ``state_dict`` so that it is saved in every checkpoint and restored on resume.
-Callbacks run on every rank; those that write files check ``trainer.is_main``.
+Callbacks read where the loop is from ``trainer.progress`` (:class:`mlp_train.progress.Progress`)
+and the options from ``trainer.config``. A callback that keeps state across epochs (early
+stopping's patience) returns it from ``state_dict`` so that it is saved in every checkpoint and
+restored on resume. Callbacks run on every rank; those that write files check ``trainer.is_main``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from mlp_train.trainer import Trainer
+
+Hook = Literal[
+    "on_fit_start",
+    "on_train_epoch_start",
+    "on_train_step_end",
+    "on_epoch_end",
+    "on_fit_end",
+    "on_exception",
+]
 
 
 class Callback:
@@ -52,3 +64,9 @@ class Callback:
     def state_key(self) -> str:
         """The key of this callback's state in a checkpoint."""
         return type(self).__qualname__
+
+
+def call_hooks(callbacks: Iterable[Callback], hook: Hook, trainer: Trainer, *args: Any) -> None:
+    """Call ``hook`` on every callback, in order (Lightning's ``trainer/call.py`` does the same)."""
+    for callback in callbacks:
+        getattr(callback, hook)(trainer, *args)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlp_train.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from mlp_train.trainer import Trainer
 
 
 class EarlyStopping(Callback):
@@ -24,10 +27,10 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.stopped_epoch: int | None = None
 
-    def on_fit_start(self, trainer) -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         trainer.check_monitor(self.monitor, "early_stopping.monitor")
 
-    def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         value = metrics[self.monitor]
         improved = (
             value < self.best - self.min_delta

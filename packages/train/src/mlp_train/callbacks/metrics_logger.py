@@ -8,10 +8,14 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlp_core.files import atomic_write_text
+from mlp_core.runs import RunFiles
 from mlp_train.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from mlp_train.trainer import Trainer
 
 
 class MetricsLogger(Callback):
@@ -31,14 +35,16 @@ class MetricsLogger(Callback):
         self._epoch_started = time.perf_counter()
         self._samples = 0
 
-    def on_fit_start(self, trainer) -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         # A run resumed from an older checkpoint (the newest was corrupt) trains some epochs
         # again: drop the rows they wrote before, so that each epoch keeps one row.
-        if trainer.is_main and trainer.start_epoch > 0:
-            self._drop_rows_from(trainer.start_epoch)
+        start = trainer.progress.start_epoch
+        if trainer.is_main and start > 0:
+            self._drop_rows_from(start)
 
     def _drop_rows_from(self, epoch: int) -> None:
-        jsonl, table = self.run_dir / "metrics.jsonl", self.run_dir / "metrics.csv"
+        files = RunFiles(self.run_dir)
+        jsonl, table = files.epoch_metrics, files.epoch_metrics_csv
         if jsonl.exists():
             lines = [line for line in jsonl.read_text(encoding="utf-8").splitlines() if line]
             kept = [line for line in lines if json.loads(line)["epoch"] < epoch]
@@ -56,23 +62,24 @@ class MetricsLogger(Callback):
                 writer.writerows(kept_rows)
                 atomic_write_text(table, buffer.getvalue())
 
-    def on_train_epoch_start(self, trainer, epoch: int) -> None:
+    def on_train_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         self._epoch_started = time.perf_counter()
         self._samples = 0
 
-    def on_train_step_end(self, trainer, step: int, loss: float) -> None:
-        self._samples += trainer.last_step_samples
-        if self.tracker is not None and trainer.is_main and step % trainer.log_every_n_steps == 0:
+    def on_train_step_end(self, trainer: Trainer, step: int, loss: float) -> None:
+        self._samples += trainer.progress.last_step_samples
+        every = trainer.config.log_every_n_steps
+        if self.tracker is not None and trainer.is_main and step % every == 0:
             self.tracker.log_metrics({"train.loss_step": loss}, step=step)
         if self.prometheus is not None:
             self.prometheus.step(trainer.run_name)
 
-    def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         if not trainer.is_main:
             return
         seconds = time.perf_counter() - self._epoch_started
-        row = {"epoch": epoch, "step": trainer.step, **metrics, "epoch_seconds": seconds}
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        row = {"epoch": epoch, "step": trainer.progress.step, **metrics, "epoch_seconds": seconds}
+        with open(RunFiles(self.run_dir).epoch_metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
         self._append_csv(row)
         if self.tracker is not None:
@@ -91,7 +98,7 @@ class MetricsLogger(Callback):
             self.prometheus.observe_epoch(trainer.run_name, seconds, self._samples, losses, values)
 
     def _append_csv(self, row: dict[str, Any]) -> None:
-        path = self.run_dir / "metrics.csv"
+        path = RunFiles(self.run_dir).epoch_metrics_csv
         new = not path.exists()
         with open(path, "a", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row), extrasaction="ignore")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mlp_train.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from mlp_train.trainer import Trainer
 
 
 class ProgressPrinter(Callback):
@@ -20,48 +23,49 @@ class ProgressPrinter(Callback):
         self._started = time.perf_counter()
         self._epoch_started = self._started
 
-    def on_fit_start(self, trainer) -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         self._started = time.perf_counter()
 
-    def on_train_epoch_start(self, trainer, epoch: int) -> None:
+    def on_train_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         self._epoch_started = time.perf_counter()
         if self.mode == "bar" and trainer.is_main:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(
-                total=trainer.steps_per_epoch,
-                initial=trainer.resumed_steps_in_epoch,
-                desc=f"epoch {epoch + 1}/{trainer.epochs}",
+                total=trainer.progress.steps_per_epoch,
+                initial=trainer.progress.resumed_steps_in_epoch,
+                desc=f"epoch {epoch + 1}/{trainer.config.epochs}",
                 file=self.stream,
                 leave=False,
                 dynamic_ncols=True,
             )
 
-    def on_train_step_end(self, trainer, step: int, loss: float) -> None:
+    def on_train_step_end(self, trainer: Trainer, step: int, loss: float) -> None:
         if not trainer.is_main:
             return
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         elif self.mode == "plain" and step % self.every_n_steps == 0:
-            self._print(f"epoch {trainer.epoch + 1}/{trainer.epochs} step {step} loss {loss:.4f}")
+            epochs = trainer.config.epochs
+            self._print(f"epoch {trainer.progress.epoch + 1}/{epochs} step {step} loss {loss:.4f}")
 
-    def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
         if self.mode == "none" or not trainer.is_main:
             return
         elapsed = time.perf_counter() - self._started
-        done = epoch + 1 - trainer.start_epoch
-        eta = elapsed / max(done, 1) * (trainer.epochs - epoch - 1)
+        done = epoch + 1 - trainer.progress.start_epoch
+        eta = elapsed / max(done, 1) * (trainer.config.epochs - epoch - 1)
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if _headline(k))
         self._print(
-            f"epoch {epoch + 1}/{trainer.epochs} {shown} "
+            f"epoch {epoch + 1}/{trainer.config.epochs} {shown} "
             f"({time.perf_counter() - self._epoch_started:.1f}s, eta {eta:.0f}s)"
         )
 
-    def on_exception(self, trainer, error: BaseException) -> None:
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
