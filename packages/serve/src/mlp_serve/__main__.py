@@ -1,4 +1,4 @@
-"""``python -m mlp_serve REPO [--http-port ...]``: the server, with the arguments of ``mlp serve``."""
+"""``python -m mlp_serve REPO [--http-port ...]``: the server, with ``mlp serve``'s arguments."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Images sent to the server: decoding an upload, and the bundle's evaluation spec to apply.
 
-The transform itself (resize, crop, scale, normalise) is :meth:`mlp_core.image_spec.ImageEvalSpec.apply`,
-the one reference that mlp-data's torch transform is tested against; the server has no torch and
-runs exactly that. What is the server's own: refusing what is not a JPEG or PNG as a bad request,
+The transform itself (resize, crop, scale, normalise) is
+:meth:`mlp_core.image_spec.ImageEvalSpec.apply`, the one reference that mlp-data's torch
+transform is tested against; the server has no torch and runs exactly that. What is the server's own: refusing what is not a JPEG or PNG as a bad request,
 and a spec it cannot apply as a broken bundle.
 """
 

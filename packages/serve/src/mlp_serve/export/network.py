@@ -74,7 +74,8 @@ def _export(model: BaseModel, exporter: str, opset: int) -> onnx.ModelProto:
     torch.onnx.export(
         model,
         example,
-        buffer,  # pyright: ignore[reportArgumentType] (torch's annotation omits file objects, which the TorchScript exporter writes to)
+        # torch's annotation omits file objects, which the TorchScript exporter writes to.
+        buffer,  # pyright: ignore[reportArgumentType]
         input_names=spec.input_names,
         output_names=spec.output_names,
         dynamic_axes=spec.dynamic_axes,

@@ -3,8 +3,9 @@
 Tabular samples are raw rows: rows of the run's own data file (read with the csv module) when
 it can still be found, plus synthetic rows drawn from the fitted statistics and rows that
 exercise the edges (every value missing, unseen categories). The torch side preprocesses them
-with :func:`~mlp_serve.export.tabular_reference.reference_inputs` (float64 numpy, mlp-data's semantics) and runs the model
-with ``task_predictions``; the ONNX side is fed the same raw values. Image samples are seeded
+with :func:`~mlp_serve.export.tabular_reference.reference_inputs` (float64 numpy, mlp-data's
+semantics) and runs the model with ``task_predictions``; the ONNX side is fed the same raw
+values. Image samples are seeded
 random pixels normalised as the evaluation spec says.
 
 The compared quantity is the served output: probabilities for classification, values for

@@ -24,11 +24,7 @@ WATCH_POLL_SECONDS = 1.0
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
-    """``grpc.health.v1.Health``, answered from the data plane's state at the time of asking.
-
-    Service names: ``""`` and ``inference.GRPCInferenceService`` are the server (SERVING when
-    the data plane is ready); any other name is a model, SERVING when its default version is ready.
-    """
+    """``grpc.health.v1.Health``, answered from the data plane's state at the time of asking."""
 
     def __init__(self, dataplane: DataPlane, bridge: LoopBridge) -> None:
         self.dataplane = dataplane

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -37,7 +38,7 @@ class LoopBridge:
             raise ModelUnavailable("the server is shutting down") from None
         timeout = threading.TIMEOUT_MAX
         if context is not None:
-            context.add_callback(lambda: _cancel(future))
+            context.add_callback(functools.partial(_cancel, future))
             timeout = min(context.time_remaining(), timeout)
         try:
             return future.result(timeout)
@@ -57,4 +58,5 @@ async def _call(fn: Callable[..., Any], args: tuple) -> Any:
 
 
 def _cancel(future: concurrent.futures.Future[Any]) -> None:
+    # A callback for grpc, which wants one returning None (Future.cancel returns a bool).
     future.cancel()

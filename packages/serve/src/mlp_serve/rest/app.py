@@ -38,7 +38,8 @@ EXPOSED_HEADERS = ["Inference-Header-Content-Length", "X-Request-ID", "Retry-Aft
 def create_app(
     dataplane: DataPlane, config: ServeConfig, registry: CollectorRegistry | None = None
 ) -> FastAPI:
-    """The ASGI app serving ``dataplane``; ``registry`` is what /metrics shows (default: the data plane's)."""
+    """The ASGI app serving ``dataplane``; ``registry`` is what /metrics shows (default: the
+    data plane's)."""
     app = FastAPI(
         title="mlp serve",
         version=__version__,
