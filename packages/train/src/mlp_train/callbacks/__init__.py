@@ -5,7 +5,7 @@ from mlp_train.callbacks.early_stopping import EarlyStopping
 from mlp_train.callbacks.lr_scheduler import LearningRateScheduler
 from mlp_train.callbacks.metrics_logger import MetricsLogger
 from mlp_train.callbacks.model_checkpoint import ModelCheckpoint
-from mlp_train.callbacks.progress import ProgressPrinter
+from mlp_train.callbacks.progress_printer import ProgressPrinter
 
 __all__ = [
     "Callback",
