@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from serve_helpers import cpu_config, linear_model, slow_model, write_bundle
 
+from mlp_core.config import ServeSection, load_config
 from mlp_core.errors import ConfigError
 from mlp_serve.config import load_serve_config
 from mlp_serve.server import serve_async
@@ -132,6 +133,22 @@ def test_serve_config_from_a_section_a_bare_file_and_overrides(tmp_path):
     assert str(bare) in info.value.message
     with pytest.raises(ConfigError):
         load_serve_config(tmp_path / "missing.yaml")
+
+
+def test_the_serve_section_is_mlp_cores_extended_and_strict(tmp_path):
+    # mlp train reads the file with mlp-core's ServeSection, which keeps mlp-serve's keys; the
+    # server reads it with ServeConfig, the subclass that checks them and refuses typos.
+    path = tmp_path / "config.yaml"
+    path.write_text("model: {name: x}\nserve:\n  grpc_port: 0\n  batching: {max_batch_size: 8}\n")
+    core = load_config(path)
+    assert core.serve.grpc_port == 0 and core.serve.model_extra == {
+        "batching": {"max_batch_size": 8}
+    }
+    served = load_serve_config(path)
+    assert isinstance(served, ServeSection) and served.batching.max_batch_size == 8
+    path.write_text("serve:\n  batchng: {max_batch_size: 8}\n")
+    with pytest.raises(ConfigError, match="serve.batchng"):
+        load_serve_config(path)
 
 
 def test_a_serving_process_freezes_its_startup_objects_out_of_the_collectors_way(repo):
