@@ -27,13 +27,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def samples(text: str, run: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """(name, labels other than run) -> value, for the samples of ``run``."""
+def samples(
+    text: str, run: str, rank: str = "0"
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(name, labels other than run and rank) -> value, for the samples of ``run`` and ``rank``
+    (every sample of a training exposition carries its rank)."""
     found = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = dict(sample.labels)
-            if labels.pop("run", None) == run:
+            assert "rank" in labels, sample
+            if labels.pop("run", None) == run and labels.pop("rank") == rank:
                 found[(sample.name, tuple(sorted(labels.items())))] = sample.value
     return found
 

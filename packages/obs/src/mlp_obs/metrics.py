@@ -335,14 +335,38 @@ def _gpu_families() -> list[GaugeMetricFamily]:
     ]
 
 
-def register_system_metrics(registry: CollectorRegistry | None = None) -> CollectorRegistry:
-    """Add machine, process and GPU metrics to ``registry`` (once per registry)."""
+def register_system_metrics(
+    registry: CollectorRegistry | None = None, *, machine: bool = True
+) -> CollectorRegistry:
+    """Add process metrics and, with ``machine``, machine and GPU metrics to ``registry`` (once
+    per registry). Several processes of one machine (training ranks) set ``machine`` in one of
+    them only, so that the machine's series are exposed once."""
     registry = registry if registry is not None else REGISTRY
-    registry.register(SystemCollector())
+    if machine:
+        registry.register(SystemCollector())
     # prometheus_client's own collector: process CPU seconds, resident memory, open files.
     ProcessCollector(registry=registry)
-    registry.register(GpuCollector())
+    if machine:
+        registry.register(GpuCollector())
     return registry
+
+
+class ConstantLabels(Collector):
+    """Every family of ``source`` with ``labels`` added to each of its samples: labels of the
+    exposing process (a training rank) that the families' own label names do not carry."""
+
+    def __init__(self, source: CollectorRegistry, labels: Mapping[str, str]) -> None:
+        self.source = source
+        self.labels = dict(labels)
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.source.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [
+                sample._replace(labels={**sample.labels, **self.labels})
+                for sample in family.samples
+            ]
+            yield labelled
 
 
 def start_metrics_server(

@@ -96,10 +96,8 @@ def train(
         tracker.start_run(run_dir.name, experiment=training.experiment, run_id=previous)
         if previous is None:  # a resumed run keeps its params (MLflow refuses changed values)
             tracker.log_params(config.model_dump(mode="json"))
-    # Rank 0 alone exposes the training metrics: the other ranks would contend for the port.
-    exposition = PrometheusExposition(training.prometheus) if training.prometheus else None
-    if not dist.is_main:
-        exposition = None
+    # Every rank exposes its own series, labelled rank, on port + LOCAL_RANK (mlp_train.prometheus).
+    exposition = PrometheusExposition(training.prometheus, dist) if training.prometheus else None
     trainer = Trainer(
         training,
         run_dir=run_dir,

@@ -75,9 +75,19 @@ class MetricsLogger(Callback):
             self.prometheus.step(trainer.run_name)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        seconds = time.perf_counter() - self._epoch_started
+        # Every rank's Prometheus series (its epoch time and throughput are its own; the losses
+        # and metrics were summed over the ranks, the same on each); the files are rank 0's.
+        if self.prometheus is not None:
+            losses = {k.split(".")[0]: v for k, v in metrics.items() if k.endswith(".loss")}
+            values = {}
+            for key, value in metrics.items():
+                split, _, name = key.partition(".")
+                if name and name != "loss":
+                    values.setdefault(split, {})[name] = value
+            self.prometheus.observe_epoch(trainer.run_name, seconds, self._samples, losses, values)
         if not trainer.is_main:
             return
-        seconds = time.perf_counter() - self._epoch_started
         row = {"epoch": epoch, "step": trainer.progress.step, **metrics, "epoch_seconds": seconds}
         with open(RunFiles(self.run_dir).epoch_metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -88,14 +98,6 @@ class MetricsLogger(Callback):
                 from mlp_obs.system import system_snapshot
 
                 self.tracker.log_metrics(system_snapshot(), step=epoch)
-        if self.prometheus is not None:
-            losses = {k.split(".")[0]: v for k, v in metrics.items() if k.endswith(".loss")}
-            values = {}
-            for key, value in metrics.items():
-                split, _, name = key.partition(".")
-                if name and name != "loss":
-                    values.setdefault(split, {})[name] = value
-            self.prometheus.observe_epoch(trainer.run_name, seconds, self._samples, losses, values)
 
     def _append_csv(self, row: dict[str, Any]) -> None:
         path = RunFiles(self.run_dir).epoch_metrics_csv
