@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by every script under tools/ (and packages/serve/gen_protos.sh): find or install uv,
 # and the workspace's extras.
 # Sourced, not run.
@@ -24,3 +25,35 @@ sync_workspace() {
 }
 
 step() { printf '\n==> %s\n' "$*" >&2; }
+
+# ensure_debian_packages PACKAGE[:COMMAND,...]...: apt-get install the Debian packages whose
+# commands are missing (a package's command is its own name unless listed after the colon).
+# Nothing happens when every command is there already; apt-get update runs once per process.
+# As root (CI) directly, otherwise through sudo.
+ensure_debian_packages() {
+    local spec package commands command missing=()
+    for spec in "$@"; do
+        package=${spec%%:*}
+        commands=${spec#*:}
+        for command in ${commands//,/ }; do
+            if ! command -v "$command" >/dev/null 2>&1; then
+                missing+=("$package")
+                break
+            fi
+        done
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    command -v apt-get >/dev/null 2>&1 || {
+        echo "missing ${missing[*]}, and no apt-get here: install them with your package manager" >&2
+        return 1
+    }
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi
+    echo "==> installing Debian packages: ${missing[*]}" >&2
+    if [ -z "${_MLP_APT_UPDATED:-}" ]; then
+        "${sudo[@]}" apt-get update -qq
+        _MLP_APT_UPDATED=1
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
