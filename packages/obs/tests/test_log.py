@@ -110,7 +110,7 @@ def test_reconfiguring_does_not_duplicate_lines(
 
     logger = get_logger("mlp.test")
     logger.info("once", answer=42)
-    logging.getLogger("mlflow").info("foreign once")
+    logging.getLogger("mlflow").warning("foreign once")
 
     assert first.read_text() == ""
     assert [line["event"] for line in read_lines(second)] == ["once", "foreign once"]
@@ -159,7 +159,7 @@ def test_libraries_with_their_own_handlers_are_routed_through_mlp(tmp_path: Path
     log_file = tmp_path / "run.jsonl"
     configure_logging("INFO", json_file=log_file, console=False)
 
-    mlflow_logger.info("from mlflow")
+    mlflow_logger.warning("from mlflow")
     logging.getLogger("alembic").info("below alembic's own WARNING level")
 
     assert mlflow_logger.handlers == []
@@ -172,3 +172,70 @@ def test_libraries_with_their_own_handlers_are_routed_through_mlp(tmp_path: Path
     mlflow_logger.warning("shown")
     assert [line["event"] for line in read_lines(log_file)][-1] == "shown"
     assert len(read_lines(log_file)) == 2
+
+
+# Lines as MLflow, alembic and uvicorn write them in `mlp train`, `mlp export` and `mlp serve`.
+CHATTER = [
+    ("alembic.runtime.plugins", "setup plugin alembic.autogenerate.schemas"),
+    ("mlflow.utils.uv_utils", "Detected uv project: found uv.lock and pyproject.toml"),
+    ("uvicorn.error", "Started server process [42]"),
+]
+
+
+def test_other_libraries_info_lines_are_debug_lines(tmp_path: Path) -> None:
+    log_file = tmp_path / "run.jsonl"
+    configure_logging("INFO", json_file=log_file, console=False)
+    for name, message in CHATTER:
+        logging.getLogger(name).info(message)
+    get_logger("mlp_train.run").info("ours")
+    logging.getLogger("mlp_serve.runtime").info("ours too")
+    logging.getLogger("mlflow.utils.environment").warning("a real problem")
+    logging.getLogger("uvicorn.error").error("port busy")
+
+    rows = read_lines(log_file)
+    assert [(r["logger"], r["level"], r["event"]) for r in rows] == [
+        ("mlp_train.run", "info", "ours"),
+        ("mlp_serve.runtime", "info", "ours too"),
+        ("mlflow.utils.environment", "warning", "a real problem"),
+        ("uvicorn.error", "error", "port busy"),
+    ]
+
+
+def test_debug_shows_the_chatter_as_debug_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(LEVEL_ENV, "DEBUG")
+    log_file = tmp_path / "run.jsonl"
+    configure_logging(json_file=log_file, console=False)
+    # Not alembic: it keeps its own WARNING level once MLflow has set it, at DEBUG too.
+    chatter = CHATTER[1:]
+    with caplog.at_level(logging.DEBUG):
+        for name, message in chatter:
+            logging.getLogger(name).info(message)
+
+    rows = read_lines(log_file)
+    assert [(r["logger"], r["level"], r["event"]) for r in rows] == [
+        (name, "debug", message) for name, message in chatter
+    ]
+    assert "_mlp_as_debug" not in rows[0]
+    # Other handlers on the root (pytest's here) still get the record as the library wrote it.
+    assert [r.levelname for r in caplog.records] == ["INFO"] * len(chatter)
+
+
+def test_library_levels_are_set_per_logger_prefix(tmp_path: Path) -> None:
+    log_file = tmp_path / "run.jsonl"
+    configure_logging(
+        "INFO",
+        json_file=log_file,
+        console=False,
+        library_levels={"grpc": logging.INFO, "mlflow.store": logging.ERROR},
+    )
+    logging.getLogger("grpc._server").info("wanted at INFO")
+    logging.getLogger("grpcio").info("another library: still DEBUG")
+    logging.getLogger("mlflow.store.db.utils").warning("quiet below ERROR")
+    logging.getLogger("mlflow.tracking").warning("mlflow's default: WARNING")
+
+    assert [r["event"] for r in read_lines(log_file)] == [
+        "wanted at INFO",
+        "mlflow's default: WARNING",
+    ]

@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
 
 from mlp_core.cli import Command
 from mlp_core.versions import mlp_packages
@@ -75,9 +76,54 @@ def onnxruntime_check() -> CheckResult:
     if not _installed("onnxruntime"):
         return CheckResult(True, "not installed (serving needs mlp-serve)", {"installed": False})
     ort = importlib.import_module("onnxruntime")
-    providers = ort.get_available_providers()
-    data = {"installed": True, "version": ort.__version__, "providers": providers}
-    return CheckResult(True, f"{ort.__version__}, providers: {', '.join(providers)}", data)
+    return CheckResult(True, *describe_providers(ort))
+
+
+def describe_providers(ort: ModuleType) -> tuple[str, dict]:
+    """Compiled-in providers told apart from usable ones, and what serving will use.
+
+    onnxruntime-gpu lists CUDA and TensorRT on every machine; whether they can start here is
+    :func:`mlp_obs.accelerators.provider_status`, the same answer `mlp serve` acts on.
+    """
+    from mlp_obs.accelerators import CPU, CUDA, GPU_PROVIDERS, gpu_presence, provider_status
+
+    installed = ort.get_available_providers()
+    status = {name: provider_status(ort, name) for name in installed}
+    usable = [name for name in installed if status[name].ok]
+    gpu_providers = [_short(name) for name in GPU_PROVIDERS if name in installed]
+    notes = []
+    gpu = gpu_presence()
+    if gpu_providers and not gpu.ok:
+        # The gpu check beside this one says why no GPU was found.
+        plural = "s" if len(gpu_providers) > 1 else ""
+        notes.append(f"{' and '.join(gpu_providers)} provider{plural} installed; no GPU")
+    else:
+        for name in GPU_PROVIDERS:
+            if name in installed:
+                state = (
+                    "usable" if status[name].ok else f"installed, not usable: {status[name].detail}"
+                )
+                notes.append(f"{_short(name)} {state}")
+    # `mlp serve` asks for CUDA, then the CPU (TensorRT only when listed): the first that starts.
+    serving = CUDA if CUDA in usable else CPU
+    where = "CPU" if serving == CPU else "the GPU (CUDA)"
+    detail = f"{ort.__version__}; " + "; ".join(notes) + (": " if notes else "")
+    detail += f"serving will use {where}"
+    data = {
+        "installed": True,
+        "version": ort.__version__,
+        "providers": installed,
+        "usable": usable,
+        "unusable": {name: status[name].detail for name in installed if not status[name].ok},
+        "serving_provider": serving,
+    }
+    return detail, data
+
+
+def _short(provider: str) -> str:
+    return {"TensorrtExecutionProvider": "TensorRT"}.get(
+        provider, provider.removesuffix("ExecutionProvider")
+    )
 
 
 @checks.register("gpu", critical=False)

@@ -4,6 +4,11 @@ structlog renders both its own events and the standard library's records (uvicor
 ultralytics, any ``logging.getLogger(...)``), so one process writes one format per destination:
 readable lines on stderr and, when asked, JSON lines in a file that tools can parse.
 
+mlp's own loggers (``mlp_*``) speak at INFO. Other libraries' INFO lines are their chatter
+(MLflow's database migrations, uvicorn's "Started server process"): they are shown as DEBUG,
+so only ``MLP_LOG_LEVEL=DEBUG`` (or ``--log-level debug``) brings them back. Their warnings and
+errors still reach the user (:data:`LIBRARY_LEVELS` sets the threshold per library).
+
     configure_logging("info", json_file=run_dir / "logs.jsonl")
     log = get_logger(__name__)
     with bind_context(run_id=run_id):
@@ -16,7 +21,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +37,16 @@ DEFAULT_LEVEL = logging.INFO
 # Libraries that give their loggers a handler of their own and stop propagation, so their lines
 # would bypass mlp's handlers; their levels (e.g. mlflow quietening alembic) are kept.
 LIBRARY_LOGGERS = ("mlflow", "alembic", "sqlalchemy.engine", "huey", "ultralytics")
-_QUIET_AT_INFO = ("alembic.runtime.migration", "mlflow.store.db.utils")
+# Loggers that speak for mlp at INFO: its packages, and a script's own (``__main__``, the root).
+OWN_LOGGERS = ("mlp", "mlp_*", "__main__", "root")
+# The level from which another library's line is for the user; quieter ones are shown as DEBUG.
+# Keyed by logger name, the longest matching prefix wins; "" is every library not listed.
+LIBRARY_LEVELS: dict[str, int] = {"": logging.WARNING}
 # MLflow configures its loggers on import unless told not to.
 _MLFLOW_CONFIGURE_LOGGING = "MLFLOW_CONFIGURE_LOGGING"
+
+# Marks a library's record that LibraryPolicy lets through as a DEBUG line.
+_AS_DEBUG = "_mlp_as_debug"
 
 # Marks the handlers this module installs, so reconfiguring replaces exactly those and leaves
 # handlers that others attached to the root logger (pytest's, an embedding application's) alone.
@@ -47,10 +59,13 @@ def configure_logging(
     json_file: str | Path | None = None,
     console: bool = True,
     json_console: bool | None = None,
+    library_levels: Mapping[str, int] | None = None,
 ) -> None:
     """Route structlog and standard-library logging to stderr and, optionally, a JSON-lines file.
 
     ``level`` wins over the ``MLP_LOG_LEVEL`` environment variable, which wins over INFO.
+    Other libraries' lines below their :data:`LIBRARY_LEVELS` threshold (``library_levels``
+    adds to it) are shown as DEBUG lines, so at INFO they are left out.
     The console shows coloured lines on a terminal and plain ``key=value`` lines elsewhere;
     ``json_console=True`` writes JSON lines to stderr instead (for log collectors).
     Calling it again replaces the handlers it installed before. Libraries that install their
@@ -79,12 +94,14 @@ def configure_logging(
         file_handler.setFormatter(_formatter(*_json_renderers()))
         handlers.append(file_handler)
 
+    policy = LibraryPolicy(resolved, {**LIBRARY_LEVELS, **(library_levels or {})})
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _OWNED, False)]:
         root.removeHandler(old)
         old.close()
     for handler in handlers:
         setattr(handler, _OWNED, True)
+        handler.addFilter(policy)
         root.addHandler(handler)
     root.setLevel(resolved)
     os.environ.setdefault(_MLFLOW_CONFIGURE_LOGGING, "false")
@@ -106,11 +123,40 @@ def route_library_loggers(names: tuple[str, ...] = LIBRARY_LOGGERS) -> None:
         # A library may keep itself quieter than the rest (alembic at WARNING), never louder.
         if logger.level < root_level:
             logger.setLevel(logging.NOTSET)
-    # Schema migrations of a new MLflow store are one-time chatter at INFO; keep their warnings.
-    for name in _QUIET_AT_INFO:
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET and root_level >= logging.INFO:
-            logger.setLevel(logging.WARNING)
+
+
+def is_own_logger(name: str) -> bool:
+    """Whether ``name`` is one of :data:`OWN_LOGGERS` (mlp's packages, ``__main__``, the root)."""
+    return name in ("mlp", "__main__", "root") or name.startswith(("mlp.", "mlp_"))
+
+
+class LibraryPolicy(logging.Filter):
+    """A handler filter: another library's line below its threshold becomes a DEBUG line.
+
+    Levels are decided where the line is written, not by muting loggers, so a library's
+    warnings always pass and ``DEBUG`` shows everything, renamed or not.
+    """
+
+    def __init__(self, level: int, thresholds: Mapping[str, int]) -> None:
+        super().__init__()
+        self.level = level
+        # Longest prefix first, so "mlflow.store" can differ from "mlflow".
+        self.thresholds = sorted(thresholds.items(), key=lambda item: -len(item[0]))
+
+    def threshold(self, name: str) -> int:
+        for prefix, level in self.thresholds:
+            if not prefix or name == prefix or name.startswith(prefix + "."):
+                return level
+        return logging.WARNING
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if is_own_logger(record.name) or record.levelno >= self.threshold(record.name):
+            return True
+        if self.level > logging.DEBUG:
+            return False
+        # Marked, not changed: other handlers (pytest's, an application's) see the record as is.
+        setattr(record, _AS_DEBUG, True)
+        return True
 
 
 def resolve_level(level: str | int | None = None) -> int:
@@ -164,6 +210,7 @@ def _formatter(*renderers: Processor) -> structlog.stdlib.ProcessorFormatter:
             *_shared_processors(),
             structlog.stdlib.ExtraAdder(),
             _drop_record_leftovers,
+            _library_chatter_as_debug,
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
     )
@@ -171,12 +218,19 @@ def _formatter(*renderers: Processor) -> structlog.stdlib.ProcessorFormatter:
 
 # Attributes that ExtraAdder takes for extras but are not: "message" and "asctime" are set on the
 # record by any earlier logging.Formatter, and uvicorn repeats every message with colour codes.
-_RECORD_LEFTOVERS = ("message", "asctime", "color_message")
+_RECORD_LEFTOVERS = ("message", "asctime", "color_message", _AS_DEBUG)
 
 
 def _drop_record_leftovers(logger: Any, method: str, event: EventDict) -> EventDict:
     for key in _RECORD_LEFTOVERS:
         event.pop(key, None)
+    return event
+
+
+def _library_chatter_as_debug(logger: Any, method: str, event: EventDict) -> EventDict:
+    record = event.get("_record")
+    if record is not None and getattr(record, _AS_DEBUG, False):
+        event["level"] = "debug"
     return event
 
 
