@@ -57,9 +57,16 @@ class ServeConfig(ServeSection):
     poll_seconds: float | None = Field(
         default=5.0, gt=0, description="how often to look for new versions; None: never"
     )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto",
+        description="auto: the first of `providers` that can start here, else the CPU (one log "
+        "line per model says which and why); cuda: a GPU provider or the model is refused "
+        "(Triton's KIND_GPU); cpu: the CPU only, CUDA never loaded (KIND_CPU)",
+    )
     providers: list[str] = Field(
         default_factory=lambda: list(DEFAULT_PROVIDERS),
-        description="onnxruntime execution providers in order of preference",
+        description="onnxruntime execution providers in order of preference; those that "
+        "cannot start on this machine are left out (a warning when set explicitly)",
     )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     intra_op_threads: int = Field(default=0, ge=0, description="0: onnxruntime's default")

@@ -1,28 +1,32 @@
 """One ONNX model on onnxruntime: the session, its signature, and a warm-up run.
 
-Providers are tried in the configured order (CUDA, then CPU). onnxruntime-gpu lists CUDA as
-available even where its libraries or a GPU are missing and then quietly falls back to CPU, so
-the provider reported everywhere is the one the session actually uses, read back from it.
+Providers are asked for in the configured order (CUDA, then CPU), but only those that can start
+on this machine (:mod:`mlp_obs.accelerators`): onnxruntime-gpu lists CUDA as available even with
+no GPU or no CUDA libraries, and asking for it then prints a coloured error before it falls back
+to the CPU. Each model logs one line naming the provider its session really uses, read back from
+the session, and why it is not CUDA when CUDA was wanted. ``serve.device`` decides what happens
+when a GPU provider cannot start: ``auto`` falls back to the CPU, ``cuda`` refuses the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from mlp_core.errors import ServingError
 from mlp_core.tensors import TensorSpec, to_numpy_dtype
+from mlp_obs.accelerators import CPU, CUDA, GPU_PROVIDERS, TENSORRT, provider_status
 from mlp_obs.log import get_logger
 from mlp_serve.config import ServeConfig
 from mlp_serve.datatypes import from_onnx_type
 from mlp_serve.errors import BundleError
 
-CPU = "CPUExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
+__all__ = ["CPU", "CUDA", "TENSORRT", "ModelRuntime", "ProviderChoice", "load_runtime"]
 
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -31,39 +35,47 @@ _OPTIMIZATION = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
+log = get_logger(__name__)
 
-def select_providers(wanted: Sequence[str]) -> list[str]:
-    """The wanted providers this onnxruntime build has, in order; CPU always last resort.
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """The providers a session is asked for, the one preferred, and why any were left out."""
+
+    providers: list[str]
+    preferred: str = CPU
+    left_out: dict[str, str] = field(default_factory=dict)
+
+
+def select_providers(config: ServeConfig) -> ProviderChoice:
+    """The configured providers that can start here, in order; the CPU always last resort.
 
     TensorRT is used only when listed explicitly (it compiles engines for minutes on first use).
+    With ``device: cuda`` a model that would get no GPU provider is refused: a clear error.
     """
-    available = set(ort.get_available_providers())
-    chosen = [p for p in wanted if p in available]
+    if config.device == "cpu":
+        return ProviderChoice([CPU])
+    wanted = list(config.providers) or [CPU]
+    if config.device == "cuda":
+        wanted = [p for p in wanted if p in GPU_PROVIDERS] or [CUDA]
+    chosen: list[str] = []
+    left_out: dict[str, str] = {}
+    for provider in wanted:
+        status = provider_status(ort, provider)
+        if status.ok:
+            chosen.append(provider)
+        else:
+            left_out[provider] = status.detail
+    if config.device == "cuda" and not chosen:
+        reasons = "; ".join(f"{p}: {why}" for p, why in left_out.items())
+        raise ServingError(
+            f"serve.device is cuda, but no GPU provider can start here ({reasons})",
+            hint="Serve on a machine with an NVIDIA GPU and `pip install 'mlp-serve[cuda]'`, "
+            "or set serve.device: auto to fall back to the CPU.",
+        )
     if CPU not in chosen:
         chosen.append(CPU)
-    if any(p != CPU for p in chosen):
-        _preload_cuda_libraries()
-    return chosen
-
-
-log = get_logger(__name__)
-_preloaded = False
-
-
-def _preload_cuda_libraries() -> None:
-    """Load the CUDA and cuDNN libraries that pip installed (``mlp-serve[cuda]``, or torch's).
-
-    onnxruntime-gpu does not search site-packages for them by itself; without this the CUDA
-    provider fails to load and the session silently falls back to the CPU.
-    """
-    global _preloaded
-    if _preloaded or not hasattr(ort, "preload_dlls"):
-        return
-    _preloaded = True
-    try:
-        ort.preload_dlls()
-    except Exception as exc:  # a machine without the libraries: the CPU fallback is reported
-        log.warning("could not preload the CUDA libraries", reason=str(exc))
+    return ProviderChoice(chosen, wanted[0], left_out)
 
 
 def session_options(config: ServeConfig) -> ort.SessionOptions:
@@ -132,16 +144,56 @@ class ModelRuntime:
 
 
 def load_runtime(path: str | Path, config: ServeConfig) -> ModelRuntime:
-    """Create the session for ``path``; an unreadable or invalid model is a BundleError."""
+    """Create the session for ``path``; an unreadable or invalid model is a BundleError.
+
+    With ``device: cuda`` a model that cannot run on a GPU provider is a ServingError.
+    """
+    choice = select_providers(config)
     try:
         session = ort.InferenceSession(
-            str(path), session_options(config), providers=select_providers(config.providers)
+            str(path), session_options(config), providers=choice.providers
         )
         inputs = _signature(session.get_inputs())
         outputs = _signature(session.get_outputs())
     except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
         raise BundleError(f"{path}: onnxruntime cannot load it: {_first_line(exc)}") from exc
-    return ModelRuntime(session, inputs, outputs, session.get_providers()[0])
+    provider = session.get_providers()[0]
+    _report_provider(Path(path), config, choice, provider)
+    return ModelRuntime(session, inputs, outputs, provider)
+
+
+def _report_provider(path: Path, config: ServeConfig, choice: ProviderChoice, got: str) -> None:
+    """One line per model: the provider it got, and why not the first one wanted."""
+    model = _model_label(path)
+    first = choice.providers[0]
+    if got != first:
+        # The probe said the provider could start, and onnxruntime still fell back (a driver
+        # too old for its CUDA, out of memory): its own message is just above this line.
+        message = f"{model}: runs on {got}; onnxruntime could not start {first} (see above)"
+        if config.device == "cuda":
+            raise ServingError(
+                f"serve.device is cuda, but {message}",
+                hint="Check the GPU with `mlp doctor` and nvidia-smi, "
+                "or set serve.device: auto to fall back to the CPU.",
+            )
+        log.warning(message, model=model, provider=got)
+        return
+    wanted = choice.preferred
+    reason = choice.left_out.get(wanted)
+    if reason is None:
+        why = " (serve.device: cpu)" if config.device == "cpu" else ""
+        log.info(f"{model}: runs on {got}{why}", model=model, provider=got)
+        return
+    message = f"{model}: runs on {got}, not {wanted}: {reason}"
+    # Only a provider list someone wrote down deserves a warning; the default just tries CUDA.
+    explicit = "providers" in config.model_fields_set
+    (log.warning if explicit else log.info)(message, model=model, provider=got)
+
+
+def _model_label(path: Path) -> str:
+    # REPO/<model>/<version>/model.onnx reads as "<model>/<version>"; any other file by its name.
+    folder = path.parent
+    return f"{folder.parent.name}/{folder.name}" if folder.name.isdigit() else path.name
 
 
 def _to_onnxruntime(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -49,6 +49,10 @@ def _run(args: argparse.Namespace) -> int:
     for module in _NEEDED:
         if importlib.util.find_spec(module) is None:
             raise MissingDependencyError("mlp export", INSTALL)
+    from mlp_obs.log import configure_logging
+
+    # Before MLflow is imported: its lines then go through mlp's handlers, not its own.
+    configure_logging("DEBUG" if getattr(args, "debug", False) else None)
     from mlp_serve.export import export_run
 
     result = export_run(

@@ -5,12 +5,18 @@ when set, else the default SQLite store beside the run folders (``<runs_root>/ml
 ``mlp train`` chose it. MLflow is optional (``mlp-obs[mlflow]``): without it, or without a
 tracked run, nothing is logged and the result says why. A failure to log never undoes an
 export: the bundle on disk is complete and checked before this runs.
+
+MLflow is given the model's environment (the versions the bundle's manifest recorded), so it
+infers nothing: no `uv export` of the workspace, no guess at pip's version, no warning about it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +57,13 @@ def log_bundle(run: RunFolder, bundle: Path, *, name: str, version: int) -> dict
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient(tracking_uri=uri)
         client.get_run(run_id)  # a clear "not found" before anything is written
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), _quiet_mlflow():
             info = log_onnx_model(
                 onnx.load(bundle / MODEL_FILE),
                 name=artifact_name,
                 save_as_external_data=False,
                 # Stated, not inferred: inference runs `uv export` and pip, for seconds.
-                pip_requirements=_requirements(),
+                conda_env=conda_env(_recorded_packages(bundle)),
                 extra_files=[str(bundle / MANIFEST_FILE)],
                 metadata={"mlp.bundle.name": name, "mlp.bundle.version": version},
             )
@@ -79,13 +85,66 @@ def log_bundle(run: RunFolder, bundle: Path, *, name: str, version: int) -> dict
     }
 
 
-def _requirements() -> list[str]:
+# Set while the model is logged: MLflow reads them at each call. Auto-detection of a uv project
+# would describe the workspace the command runs in, not the model; the progress bar of its
+# artifact copy is a terminal animation in the middle of the command's output.
+_MLFLOW_ENV = {"MLFLOW_UV_AUTO_DETECT": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in _MLFLOW_ENV}
+    os.environ.update(_MLFLOW_ENV)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def conda_env(packages: dict[str, str]) -> dict[str, Any]:
+    """The environment that serves the ONNX model: Python, onnx and onnxruntime as exported.
+
+    ``packages`` are the versions the manifest recorded (the ones the parity check ran on).
+    MLflow adds its own pin. ``pip`` is listed without a version, as MLflow would list it
+    after warning that it could not find one (uv environments hold no pip).
+    """
+    requirements = [
+        f"{name}=={packages[name]}"
+        for name in ("onnx", "onnxruntime-gpu", "onnxruntime")
+        if name in packages
+    ]
+    python = packages.get("python") or ".".join(map(str, _python_version()))
+    return {
+        "name": "mlflow-env",
+        "channels": ["conda-forge"],
+        "dependencies": [f"python={python}", "pip", {"pip": requirements}],
+    }
+
+
+def _recorded_packages(bundle: Path) -> dict[str, str]:
+    """The manifest's package versions, else those installed here (a bundle without them)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    found = []
+    try:
+        recorded = json.loads((bundle / MANIFEST_FILE).read_text(encoding="utf-8"))["packages"]
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = {}
+    if isinstance(recorded, dict) and recorded:
+        return {str(k): str(v) for k, v in recorded.items()}
+    found = {}
     for name in ("onnx", "onnxruntime-gpu", "onnxruntime"):
         try:
-            found.append(f"{name}=={version(name)}")
+            found[name] = version(name)
         except PackageNotFoundError:
             continue
     return found
+
+
+def _python_version() -> tuple[int, int, int]:
+    import sys
+
+    return sys.version_info[:3]
