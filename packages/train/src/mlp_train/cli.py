@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import TYPE_CHECKING
 
 from mlp_core.cli import Command
+
+if TYPE_CHECKING:
+    from mlp_train.run import RunResult
 
 EXIT_INTERRUPTED = 130
 
@@ -38,6 +42,9 @@ def _train(args: argparse.Namespace) -> int:
     from mlp_train.run import train
     from mlp_train.trainer import TrainingInterrupted
 
+    if getattr(args, "debug", False):
+        # `mlp --debug train`: every library's lines too (mlp_obs.log shows them as DEBUG).
+        os.environ.setdefault("MLP_LOG_LEVEL", "DEBUG")
     try:
         result = train(args.config, args.overrides, runs_root=args.run_dir, resume=args.resume)
     except TrainingInterrupted as stop:
@@ -45,10 +52,45 @@ def _train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports (the others hold no final metrics)
-    shown = {k: round(v, 4) for k, v in result.metrics.items()}
-    print(json.dumps(shown))
+    for line in summary_lines(result):
+        print(line)
     print(result.run_dir)  # the last line: scripts read the run folder from it
     return 0
+
+
+def summary_lines(result: RunResult) -> list[str]:
+    """What a person acts on after training: the best epoch, the test metrics, the plots, the
+    MLflow run. Every metric is in the run folder's metrics.json."""
+    from mlp_train.run import HEADLINE
+
+    lines = []
+    if result.best is not None:
+        best = result.best
+        by = (
+            f" by {best.monitor} {best.value:.4f}"
+            if best.monitor and best.value is not None
+            else ""
+        )
+        lines.append(f"best epoch: {best.epoch} of {result.epochs}{by} (the saved model's weights)")
+    for split in ("test", "val"):
+        shown = [
+            f"{name} {result.metrics[f'{split}.{name}']:.4f}"
+            for name in HEADLINE
+            if f"{split}.{name}" in result.metrics
+        ]
+        if shown:
+            lines.append(f"{split}: {', '.join(shown)}")
+    if result.plots:
+        folder = result.plots[0].parent
+        lines.append(f"plots: {folder}/ ({', '.join(p.name for p in result.plots)})")
+    lines.append(f"metrics: {result.run_dir / 'metrics.json'}")
+    tracking = result.tracking
+    if tracking:
+        lines.append(
+            f"MLflow run {tracking['run_id']}: mlflow ui --backend-store-uri "
+            f"{tracking['tracking_uri']}"
+        )
+    return lines
 
 
 def _configure_evaluate(parser: argparse.ArgumentParser) -> None:

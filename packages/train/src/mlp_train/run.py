@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,20 @@ log = logging.getLogger(__name__)
 class RunResult:
     run_dir: Path
     metrics: dict[str, float]
+    # What a person reads at the end (`mlp train`'s last lines): empty on ranks other than 0.
+    epochs: int = 0
+    best: BestEpoch | None = None
+    plots: list[Path] = field(default_factory=list)
+    tracking: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BestEpoch:
+    """The epoch whose weights the saved model holds, by the checkpoint's monitored metric."""
+
+    epoch: int
+    monitor: str | None
+    value: float | None
 
 
 def train(
@@ -110,7 +124,7 @@ def train(
     try:
         with bind_context(run_id=tracker.run_id if tracker else run_dir.name):
             trainer.fit(model, loaders["train"], loaders.get("val"), resume=resume is not None)
-            metrics = _finish(trainer, model, adapter, run_dir, tracker, config)
+            result = _finish(trainer, model, adapter, run_dir, tracker, config)
     except BaseException as error:
         if tracker is not None:
             tracker.__exit__(type(error), error, None)
@@ -118,9 +132,10 @@ def train(
         # group down under them can hang; the launcher ends them when this process fails.
         raise
     if tracker is not None:
+        result.tracking = _tracking_summary(tracker)
         tracker.end_run()
     dist.shutdown()
-    return RunResult(run_dir, metrics)
+    return result
 
 
 def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, float]:
@@ -171,13 +186,13 @@ def _finish(
     run_dir: Path,
     tracker: ExperimentTracker | None,
     config: TrainConfig,
-) -> dict[str, float]:
+) -> RunResult:
     """Keep the best weights, save the model, evaluate on val and test, plot, track.
 
     Rank 0 alone does this, on the whole val and test sets; the other ranks are done.
     """
     if not trainer.is_main:
-        return {}
+        return RunResult(run_dir, {})
     files = RunFiles(run_dir)
     store = CheckpointStore(files.checkpoints)
     best = store.best(config.training.checkpoint.mode)
@@ -206,8 +221,35 @@ def _finish(
         name = config.training.tracking.register_model
         if name:
             tracker.register_model(name, RunFiles.MODEL)
-    log.info("run finished: %s", json.dumps(metrics))
-    return metrics
+    epochs = len(trainer.history)
+    best_epoch = BestEpoch(best.epoch, best.monitor, best.value) if best is not None else None
+    # The full metrics are in metrics.json; the log line carries the ones a person watches.
+    log.info(
+        "run finished",
+        extra={
+            "epochs": epochs,
+            "best_epoch": best_epoch.epoch if best_epoch else None,
+            **{k: round(v, 4) for k, v in metrics.items() if _headline(k)},
+        },
+    )
+    return RunResult(run_dir, metrics, epochs, best_epoch, plots)
+
+
+# The few metrics a person reads in the summary; all of them are in metrics.json.
+HEADLINE = ("accuracy", "f1_macro", "roc_auc", "rmse", "mae", "r2", "loss")
+
+
+def _headline(key: str) -> bool:
+    return key.rpartition(".")[2] in HEADLINE
+
+
+def _tracking_summary(tracker: ExperimentTracker) -> dict[str, str]:
+    # The MLflow side of the composite tracker (None when MLflow is not installed).
+    remote = getattr(tracker, "remote", None)
+    run_id, uri = getattr(remote, "run_id", None), getattr(remote, "tracking_uri", None)
+    if not run_id or not uri:
+        return {}
+    return {"run_id": str(run_id), "tracking_uri": str(uri)}
 
 
 def _write_plots(
