@@ -14,6 +14,7 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
+import pytest
 from deploy.stack_helpers import (
     ROOT,
     http_json,
@@ -31,6 +32,7 @@ def _log_tail(stack_dir: Path) -> str:
     return "\n".join(log.read_text().splitlines()[-60:]) if log.exists() else "(no log)"
 
 
+@pytest.mark.slow
 def test_local_stack_serves_scrapes_tracks_and_stops_cleanly(tmp_path):
     stack_dir = tmp_path / "stack"
     env = stack_env(stack_dir)
