@@ -82,10 +82,13 @@ print(f"penguins trained from the wheels: test accuracy {metrics['test.accuracy'
 assert metrics["test.accuracy"] >= 0.95, metrics
 PY
 
-step "mlp-serve alone, from the wheels, in a fresh venv: no torch in it; it serves a bundle"
+step "mlp-serve as the serve image installs it: no torch in it; it serves a bundle"
+# What deploy/docker/serve.Dockerfile does: the same wheelhouse script (these wheels and the
+# lock's third-party ones), then its install line word for word but for the two paths
+# (tests/deploy/test_images.py holds the two to it). PIP_CACHE_DIR keeps a rerun local.
+"$ROOT/deploy/docker/wheelhouse.sh" "$work/wheelhouse" "$dist" --package mlp-serve
 uv venv --quiet --python 3.11 "$work/serve"
-uv pip install --quiet --python "$work/serve/bin/python" \
-    "$(wheel mlp_serve)" "$(wheel mlp_core)" "$(wheel mlp_obs)"
+uv pip install --python "$work/serve/bin/python" --no-index --find-links "$work/wheelhouse" --no-cache mlp-serve
 banned_in "$work/serve" torch torchvision mlp-models mlp-data mlp-train
 echo "mlp-serve pulled no torch, torchvision, mlp-models, mlp-data or mlp-train"
 runtimes=$(uv pip list --python "$work/serve/bin/python" 2>/dev/null \
@@ -100,7 +103,12 @@ serve_run=$("$ROOT/.venv/bin/mlp" train "$ROOT/examples/penguins" \
 "$ROOT/.venv/bin/mlp" export "$serve_run" --repo "$work/repo" --name penguins --no-mlflow \
     | tail -n 1
 log="$work/serve.log"
-"$work/serve/bin/mlp" serve "$work/repo" --http-port 0 --grpc-port 0 >"$log" 2>&1 &
+# compose.yaml's api command: every address, the tokens from the serve config secret (its example).
+secret="$ROOT/deploy/compose/secrets/serve-auth.yaml.example"
+token=$("$work/serve/bin/python" -c \
+    'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["auth_token"])' "$secret")
+ORT_DISABLE_TELEMETRY=1 "$work/serve/bin/mlp" serve "$work/repo" --host 0.0.0.0 \
+    --http-port 0 --grpc-port 0 --config "$secret" >"$log" 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 1 120); do
@@ -110,22 +118,33 @@ for _ in $(seq 1 120); do
 done
 ports=$(grep "^mlp serve: REST on" "$log") || { cat "$log"; echo "mlp serve never got ready"; exit 1; }
 echo "$ports"
-http=$(sed -E 's#.*REST on (http://[^,]+),.*#\1#' <<<"$ports")
-grpc=$(sed -E 's#.*gRPC on ([^ ]+).*#\1#' <<<"$ports")
-python3 - "$http" "$ROOT/examples/penguins/requests.json" >"$work/rest.json" <<'PY'
-# Plain urllib: what a client with nothing installed sends to /v1.
-import json, sys, urllib.request
-rows = json.load(open(sys.argv[2]))
-request = urllib.request.Request(
-    f"{sys.argv[1]}/v1/models/penguins/predict",
-    data=json.dumps({"rows": rows}).encode(),
-    headers={"Content-Type": "application/json"},
-)
-with urllib.request.urlopen(request, timeout=60) as reply:
+# Bound on 0.0.0.0: asked on loopback.
+http=$(sed -E 's#.*REST on http://[^:]+:([0-9]+),.*#http://127.0.0.1:\1#' <<<"$ports")
+grpc=$(sed -E 's#.*gRPC on [^ ]*:([0-9]+).*#127.0.0.1:\1#' <<<"$ports")
+python3 - "$http" "$ROOT/examples/penguins/requests.json" "$token" >"$work/rest.json" <<'PY'
+# Plain urllib: what a client with nothing installed sends. The image's HEALTHCHECK asks
+# /v2/health/ready without a token; inference without the token is refused.
+import json, sys, urllib.error, urllib.request
+http, rows, token = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3]
+with urllib.request.urlopen(f"{http}/v2/health/ready", timeout=10) as reply:
+    assert reply.status == 200, reply.status
+def predict(headers):
+    request = urllib.request.Request(
+        f"{http}/v1/models/penguins/predict",
+        data=json.dumps({"rows": rows}).encode(),
+        headers={"Content-Type": "application/json", **headers},
+    )
+    return urllib.request.urlopen(request, timeout=60)
+try:
+    predict({})
+    raise AssertionError("inference without the token was answered")
+except urllib.error.HTTPError as refused:
+    assert refused.code == 401, refused.code
+with predict({"Authorization": f"Bearer {token}"}) as reply:
     assert reply.status == 200, reply.status
     print(reply.read().decode())
 PY
-"$work/serve/bin/mlp" predict penguins --grpc "$grpc" \
+"$work/serve/bin/mlp" predict penguins --grpc "$grpc" --token "$token" \
     --json "$ROOT/examples/penguins/requests.json" >"$work/grpc.json"
 python3 - "$work/rest.json" "$work/grpc.json" <<'PY'
 import json, sys
