@@ -56,8 +56,9 @@ def test_the_demo_sequence(root, bin_dir, tmp_path):
         env=env,
     )
     run = Path(out[-1])
-    trained = json.loads(out[-2])
+    trained = {k: round(v, 4) for k, v in json.loads((run / "metrics.json").read_text()).items()}
     assert (run / "model").exists() and "test.accuracy" in trained
+    assert f"test: accuracy {trained['test.accuracy']:.4f}" in "\n".join(out[:-1])
 
     evaluated = json.loads(
         mlp(bin_dir, "evaluate", str(run), "--split", "test", cwd=root, env=env)[-1]
