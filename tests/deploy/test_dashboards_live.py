@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import yaml
-from deploy.obs_helpers import (
+from obs_helpers import (
     GRAFANA,
     PROMETHEUS_BIN,
     ROOT,

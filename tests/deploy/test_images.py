@@ -26,11 +26,10 @@ from collections.abc import Iterator
 from fnmatch import fnmatch
 from pathlib import Path
 
+import image_helpers as ih
 import pytest
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name
-
-from deploy import image_helpers as ih
 
 ROOT = ih.ROOT
 BIN = Path(sys.executable).parent

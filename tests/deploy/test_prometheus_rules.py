@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy.obs_helpers import (
+from obs_helpers import (
     PROMETHEUS,
     PROMTOOL_BIN,
     defined_sample_names,

@@ -15,7 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from deploy.stack_helpers import (
+from stack_helpers import (
     ROOT,
     http_json,
     port_open,
