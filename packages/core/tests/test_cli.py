@@ -100,3 +100,52 @@ def test_help_imports_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_a_subcommands_version_option_is_its_own(monkeypatch, capsys):
+    # `mlp export RUN --version 7` once printed the package versions: the root's --version
+    # and the subcommand's shared a namespace attribute.
+    def configure(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--version", default=None)
+
+    def run(args):
+        print(json.dumps({"version": args.version}))
+
+    monkeypatch.setitem(cli.commands._items, "bundle", Command("test command", configure, run))
+    assert main(["bundle", "--version", "7"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"version": "7"}
+    assert main(["bundle", "--vers", "8"]) == 0  # argparse's prefix match, inside the subcommand
+    assert json.loads(capsys.readouterr().out) == {"version": "8"}
+    assert main(["bundle"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"version": None}
+    # Before the subcommand name, --version is still the root's.
+    assert main(["--version", "bundle"]) == 0
+    assert f"mlp-core {mlp_packages()['mlp-core']}" in capsys.readouterr().out.splitlines()
+
+
+def test_debug_is_accepted_after_the_subcommand(monkeypatch, capsys):
+    def fail(args):
+        raise DataError("bad row")
+
+    _register(monkeypatch, "fail", fail)
+    monkeypatch.delenv("MLP_DEBUG", raising=False)
+    assert main(["fail", "--value", "2", "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+    assert main(["fail", "--value", "2"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    monkeypatch.setenv("MLP_DEBUG", "1")
+    assert main(["fail"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_subcommands_own_debug_option_wins(monkeypatch, capsys):
+    def configure(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--debug", choices=["on", "off"], default="off")
+
+    def run(args):
+        print(json.dumps({"debug": args.debug}))
+
+    monkeypatch.setitem(cli.commands._items, "own", Command("test command", configure, run))
+    monkeypatch.delenv("MLP_DEBUG", raising=False)
+    assert main(["own", "--debug", "on"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"debug": "on"}

@@ -9,6 +9,7 @@ inside ``run``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -30,6 +31,12 @@ KNOWN_COMMANDS = {
     "serve": "mlp-serve",
     "predict": "mlp-serve",
 }
+
+# Namespace attributes of the root parser; no subcommand's option may land on them.
+ROOT_VERSION = "mlp_root_version"
+ROOT_DEBUG = "mlp_root_debug"
+ROOT_COMMAND = "command"
+DEBUG_HELP = "show the full traceback of errors (also MLP_DEBUG=1)"
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -60,16 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate, export and serve models.",
         epilog=epilog,
     )
+    # The root's own options have dests no subcommand uses: argparse copies a subcommand's
+    # namespace over the root's, so a shared dest (`mlp export --version 7` once set
+    # `version="7"`) made a subcommand's option look like the root's and run it instead.
     parser.add_argument(
-        "--version", action="store_true", help="list the installed mlp packages and exit"
+        "--version",
+        dest=ROOT_VERSION,
+        action="store_true",
+        help="list the installed mlp packages and exit",
     )
     parser.add_argument(
         "--debug",
+        dest=ROOT_DEBUG,
         action="store_true",
         default=bool(os.environ.get("MLP_DEBUG")),
-        help="show the full traceback of errors (also MLP_DEBUG=1)",
+        help=DEBUG_HELP,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest=ROOT_COMMAND, metavar="COMMAND")
     for name in commands.names():
         try:
             command = commands.get(name)
@@ -78,7 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
             command = _broken(exc)
         sub_parser = sub.add_parser(name, help=command.help, description=command.help)
         command.configure(sub_parser)
+        _add_debug(sub_parser)
     return parser
+
+
+def _add_debug(sub_parser: argparse.ArgumentParser) -> None:
+    """Accept `--debug` after the subcommand too, unless the subcommand has its own."""
+    # A subcommand's own --debug wins: adding ours then conflicts, and is left out.
+    with contextlib.suppress(argparse.ArgumentError):
+        # SUPPRESS: when it is absent the root's value (from `mlp --debug` or MLP_DEBUG) stays.
+        sub_parser.add_argument(
+            "--debug",
+            dest=ROOT_DEBUG,
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help=DEBUG_HELP,
+        )
 
 
 def _broken(error: RegistryError) -> Command:
@@ -106,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(args_list)
-    if args.version:
+    if getattr(args, ROOT_VERSION):
         for package, version in mlp_packages().items():
             print(f"{package} {version}")
         return EXIT_OK
@@ -116,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = commands.get(args.command).run(args)
     except MlpError as exc:
-        if args.debug:
+        if getattr(args, ROOT_DEBUG):
             traceback.print_exc()
         else:
             print("(pass --debug for the traceback)", file=sys.stderr)
