@@ -7,6 +7,11 @@ the command modules) stays free of onnxruntime, FastAPI and gRPC::
 
     with BackgroundServer("repo", load_serve_config("config.yaml")) as server:
         print(server.http_url)
+
+    from mlp_serve import Predictor
+
+    with Predictor.load("repo/penguins/1") as model:  # the same path, in this process
+        print(model.predict([{"bill_length_mm": 39.1}]))
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mlp_serve.config import BatchingConfig, ServeConfig, load_serve_config
     from mlp_serve.dataplane import DataPlane
+    from mlp_serve.predictor import Predictor
     from mlp_serve.server import BackgroundServer, serve
 
 __version__ = _version("mlp-serve")
@@ -26,6 +32,7 @@ _LAZY = {
     "BackgroundServer": "mlp_serve.server",
     "serve": "mlp_serve.server",
     "DataPlane": "mlp_serve.dataplane",
+    "Predictor": "mlp_serve.predictor",
     "BatchingConfig": "mlp_serve.config",
     "ServeConfig": "mlp_serve.config",
     "load_serve_config": "mlp_serve.config",
@@ -35,6 +42,7 @@ __all__ = [
     "BackgroundServer",
     "BatchingConfig",
     "DataPlane",
+    "Predictor",
     "ServeConfig",
     "__version__",
     "load_serve_config",

@@ -9,15 +9,51 @@ and a spec it cannot apply as a broken bundle.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mlp_core.image_spec import ImageEvalSpec
+from mlp_serve.bundle import Manifest
 from mlp_serve.errors import BundleError, InvalidInput
+from mlp_serve.rows import predictions_outputs
+from mlp_serve.types import InferRequest, Tensor
 
 FORMATS = ("JPEG", "PNG")
+IMAGE_INPUT = "image"
+
+
+def image_spec_of(model: str, manifest: Manifest | None, hint: str) -> ImageEvalSpec:
+    """The spec of an image bundle, or an :class:`InvalidInput` for any other model.
+
+    ``hint`` says how this caller sends tensors instead (the REST route, the Predictor).
+    """
+    if manifest is None or manifest.kind != "image" or not manifest.preprocessing:
+        raise InvalidInput(
+            f"model {model!r} is not an image bundle with a preprocessing spec", hint=hint
+        )
+    return eval_spec(manifest.preprocessing)
+
+
+def images_request(
+    spec: ImageEvalSpec,
+    images: Sequence[tuple[bytes | Image.Image, str]],
+    output_names: list[str],
+) -> InferRequest:
+    """One batch of images (encoded bytes, or decoded already) with what each is, for errors."""
+    if not images:
+        raise InvalidInput("no image given")
+    arrays = []
+    for image, what in images:
+        decoded = decode_image(image, what) if isinstance(image, bytes) else image
+        arrays.append(spec.apply(decoded))
+    batch = np.stack(arrays)
+    return InferRequest(
+        inputs=[Tensor(IMAGE_INPUT, "FP32", list(batch.shape), batch)],
+        outputs=predictions_outputs(output_names),
+    )
 
 
 def eval_spec(preprocessing: Mapping[str, Any]) -> ImageEvalSpec:

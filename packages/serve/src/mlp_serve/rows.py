@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mlp_serve.bundle import FeatureSchema
+from mlp_serve.bundle import FeatureSchema, Manifest
 from mlp_serve.errors import InvalidInput
 from mlp_serve.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
@@ -25,6 +25,28 @@ CATEGORICAL_INPUT = "categorical"
 PROBABILITIES = "probabilities"
 LABEL = "label"
 PREDICTIONS = "predictions"
+
+
+def feature_schema_of(model: str, manifest: Manifest | None, hint: str) -> FeatureSchema:
+    """The bundle's feature schema, or an :class:`InvalidInput`: without one it takes no rows.
+
+    ``hint`` says how this caller sends tensors instead (the REST route, the Predictor).
+    """
+    if manifest is None or manifest.feature_schema is None:
+        raise InvalidInput(
+            f"model {model!r} has no feature schema in its manifest, so it takes no rows",
+            hint=hint,
+        )
+    return manifest.feature_schema
+
+
+def predict_rows_request(
+    schema: FeatureSchema, rows: Any, input_names: list[str], output_names: list[str]
+) -> InferRequest:
+    """What /predict and the Predictor run for ``rows``: their inputs, the outputs to label."""
+    request = rows_request(schema, rows, input_names)
+    request.outputs = predictions_outputs(output_names)
+    return request
 
 
 def rows_request(schema: FeatureSchema, rows: Any, input_names: list[str]) -> InferRequest:

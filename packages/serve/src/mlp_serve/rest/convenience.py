@@ -13,20 +13,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from mlp_serve.dataplane import DataPlane
 from mlp_serve.errors import InvalidInput
-from mlp_serve.images import decode_image, eval_spec
+from mlp_serve.images import image_spec_of, images_request
 from mlp_serve.rest.codec import parse_json
-from mlp_serve.rows import format_predictions, predictions_outputs, rows_request
-from mlp_serve.types import InferRequest, Tensor
+from mlp_serve.rows import feature_schema_of, format_predictions, predict_rows_request
 
 PROTOCOL = "rest"
-IMAGE_INPUT = "image"
 FILE_FIELD = "file"
+
+
+def _tensors_hint(model: str) -> str:
+    return f"Send tensors to /v2/models/{model}/infer instead."
 
 
 class Rows(BaseModel):
@@ -61,18 +62,16 @@ def convenience_router(dataplane: DataPlane, auth: Any) -> APIRouter:
     async def predict(request: Request, model: str, version: str | None = None) -> dict:
         entry = dataplane.model_entry(model, version)
         manifest = entry.manifest
-        if manifest is None or manifest.feature_schema is None:
-            raise InvalidInput(
-                f"model {model!r} has no feature schema in its manifest, so it takes no rows",
-                hint=f"Send tensors to /v2/models/{model}/infer instead.",
-            )
+        schema = feature_schema_of(model, manifest, _tensors_hint(model))
         document = parse_json(await request.body())
-        input_names = [t.name for t in entry.runtime.inputs]
-        output_names = [t.name for t in entry.runtime.outputs]
-        infer_request = rows_request(manifest.feature_schema, document.get("rows"), input_names)
-        infer_request.outputs = predictions_outputs(output_names)
+        infer_request = predict_rows_request(
+            schema,
+            document.get("rows"),
+            [t.name for t in entry.runtime.inputs],
+            [t.name for t in entry.runtime.outputs],
+        )
         response = await dataplane.infer(model, str(entry.version), infer_request, PROTOCOL)
-        return {"predictions": format_predictions(response, manifest.class_labels)}
+        return {"predictions": format_predictions(response, manifest and manifest.class_labels)}
 
     @router.post(
         "/v1/models/{model}/predict/image",
@@ -101,12 +100,7 @@ def convenience_router(dataplane: DataPlane, auth: Any) -> APIRouter:
     async def predict_image(request: Request, model: str, version: str | None = None) -> dict:
         entry = dataplane.model_entry(model, version)
         manifest = entry.manifest
-        if manifest is None or manifest.kind != "image" or not manifest.preprocessing:
-            raise InvalidInput(
-                f"model {model!r} is not an image bundle with a preprocessing spec",
-                hint=f"Send tensors to /v2/models/{model}/infer instead.",
-            )
-        spec = eval_spec(manifest.preprocessing)
+        spec = image_spec_of(model, manifest, _tensors_hint(model))
         try:
             form = await request.form()
         except InvalidInput:
@@ -117,16 +111,9 @@ def convenience_router(dataplane: DataPlane, auth: Any) -> APIRouter:
         uploads = [f for f in form.getlist(FILE_FIELD) if not isinstance(f, str)]
         if not uploads:
             raise InvalidInput(f"upload the image as the multipart form field {FILE_FIELD!r}")
-        images = []
-        for upload in uploads:
-            data = await upload.read()
-            images.append(spec.apply(decode_image(data, f"upload {upload.filename!r}")))
-        batch = np.stack(images)
-        infer_request = InferRequest(
-            inputs=[Tensor(IMAGE_INPUT, "FP32", list(batch.shape), batch)],
-            outputs=predictions_outputs([t.name for t in entry.runtime.outputs]),
-        )
+        images = [(await upload.read(), f"upload {upload.filename!r}") for upload in uploads]
+        infer_request = images_request(spec, images, [t.name for t in entry.runtime.outputs])
         response = await dataplane.infer(model, str(entry.version), infer_request, PROTOCOL)
-        return {"predictions": format_predictions(response, manifest.class_labels)}
+        return {"predictions": format_predictions(response, manifest and manifest.class_labels)}
 
     return router
