@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from mlp_core.config import ServeSection, apply_overrides, read_yaml, validate_config
 from mlp_core.errors import ConfigError
@@ -45,6 +45,24 @@ class BatchingConfig(_Strict):
         "while the previous batch ran, and a lone request runs at once",
     )
     max_queue_size: int = Field(default=256, gt=0, description="requests waiting; beyond it: 503")
+
+
+class AuthConfig(_Strict):
+    """Where bearer tokens come from: a file (a mounted Kubernetes Secret, re-read when it
+    changes) and/or an environment variable, each holding ``SCOPES TOKEN`` lines (scopes:
+    ``inference``, ``admin``). With either, inference needs a token; see :mod:`mlp_serve.auth`."""
+
+    tokens_file: str | None = Field(
+        default=None, description="file of 'SCOPES TOKEN' lines; re-read when it changes"
+    )
+    tokens_env: str | None = Field(
+        default="MLP_SERVE_TOKENS",
+        description="environment variable of 'SCOPES TOKEN' entries (newline or ';' "
+        "separated), read at start when set; None: not read",
+    )
+    reload_seconds: float = Field(
+        default=1.0, ge=0, description="how often the tokens file is checked; 0: every request"
+    )
 
 
 class ServeConfig(ServeSection):
@@ -74,12 +92,20 @@ class ServeConfig(ServeSection):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_request_bytes: int = Field(default=64 * MIB, gt=0, description="larger bodies get 413")
     grpc_max_message_bytes: int = Field(default=256 * MIB, gt=0)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     auth_token: str | None = Field(
-        default=None, description="bearer token the inference API requires"
+        default=None,
+        description="bearer token the inference API requires (kept for compatibility: prefer "
+        "auth.tokens_file, which `ps` and the config never show)",
     )
-    admin_token: str | None = Field(default=None, description="bearer token of the load/unload API")
+    admin_token: str | None = Field(
+        default=None, description="bearer token of the load/unload API (prefer auth.tokens_file)"
+    )
     cors_origins: list[str] = Field(default_factory=list, description="empty: CORS off")
     warmup: bool = Field(default=True, description="run a zero batch at load; a failure refuses it")
+    # The tokens watcher made from this config (mlp_serve.auth.authenticator_for), shared by
+    # both front ends; runtime state, not a setting.
+    _authenticator: Any = PrivateAttr(default=None)
 
 
 class _ServeFile(BaseModel):

@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_serve_config(args.config, overrides)
     if args.models:
         config.models = list(args.models)
+    from mlp_serve.auth import authenticator_for
+
+    # Read the tokens now: a missing or malformed tokens file stops us before any model loads.
+    authenticator_for(config)
     repository = Path(args.repository)
     if not repository.is_dir():
         raise ServingError(

@@ -25,7 +25,7 @@ from google.protobuf import descriptor_pool
 from mlp_core.errors import ServingError
 from mlp_obs.log import get_logger
 from mlp_serve._generated import mlp_inference_pb2 as pb
-from mlp_serve.auth import require_bearer
+from mlp_serve.auth import INFERENCE, authenticator_for
 from mlp_serve.config import ServeConfig
 from mlp_serve.dataplane import UNKNOWN_MODEL, DataPlane, status_label
 from mlp_serve.errors import InferenceError, InvalidInput, ModelNotFound
@@ -34,8 +34,10 @@ from mlp_serve.grpc.loop_bridge import LoopBridge
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 PROTOCOL = "grpc"
-# Probes answer without a token, as Kubernetes and load balancers call them without one.
-UNAUTHENTICATED_METHODS = frozenset({"ServerLive", "ServerReady"})
+# Probes answer without a token, as Kubernetes and load balancers call them without one; server
+# metadata (name, version, extensions) is open as REST's GET /v2 is. The rest needs the
+# inference scope: the protocol has no repository (admin) methods over gRPC here.
+UNAUTHENTICATED_METHODS = frozenset({"ServerLive", "ServerReady", "ServerMetadata"})
 
 log = get_logger(__name__)
 
@@ -47,7 +49,7 @@ class InferenceServicer:
 
     def __init__(self, dataplane: DataPlane, config: ServeConfig, bridge: LoopBridge) -> None:
         self.dataplane = dataplane
-        self.auth_token = config.auth_token
+        self.authenticator = authenticator_for(config)
         self.bridge = bridge
 
     def generic_handler(self, pool: descriptor_pool.DescriptorPool) -> grpc.GenericRpcHandler:
@@ -69,7 +71,7 @@ class InferenceServicer:
     def _wrap(
         self, method: str, request_class: type, implementation: Handler
     ) -> Callable[[bytes, grpc.ServicerContext], Any]:
-        needs_token = self.auth_token is not None and method not in UNAUTHENTICATED_METHODS
+        needs_token = self.authenticator.inference_guarded and method not in UNAUTHENTICATED_METHODS
 
         def handle(body: bytes, context: grpc.ServicerContext) -> Any:
             try:
@@ -126,12 +128,11 @@ class InferenceServicer:
             if key.lower() == "authorization":
                 header = value if isinstance(value, str) else value.decode("latin-1")
                 break
-        require_bearer(
+        self.authenticator.check(
             header,
-            self.auth_token,
-            refusal="missing or wrong bearer token"
-            if header
-            else "this server needs a bearer token",
+            INFERENCE,
+            missing="this server needs a bearer token",
+            wrong="missing or wrong bearer token",
             hint="Send the metadata `authorization: Bearer <token>`.",
         )
 

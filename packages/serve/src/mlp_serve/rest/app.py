@@ -20,10 +20,10 @@ from mlp_core.errors import MlpError
 from mlp_obs.log import get_logger
 from mlp_obs.metrics import CollectorRegistry, render
 from mlp_serve import __version__
-from mlp_serve.auth import require_bearer
+from mlp_serve.auth import ADMIN, ANY, INFERENCE, authenticator_for
 from mlp_serve.config import ServeConfig
 from mlp_serve.dataplane import DataPlane
-from mlp_serve.errors import InferenceError, ModelNotFound, QueueFull, Unauthorized
+from mlp_serve.errors import InferenceError, ModelNotFound, QueueFull
 from mlp_serve.rest.codec import HEADER_LENGTH, decode_request, encode_response, parse_json
 from mlp_serve.rest.convenience import convenience_router
 from mlp_serve.rest.middleware import BodyLimit, RequestContext
@@ -78,38 +78,29 @@ def create_app(
 # -- auth ------------------------------------------------------------------------------------
 
 
-def _bearer_check(token: str | None, what: str) -> Any:
+def _bearer_check(config: ServeConfig, scope: str, what: str) -> Any:
+    authenticator = authenticator_for(config)
+
     # Async although it awaits nothing: FastAPI runs a plain `def` dependency in its thread
     # pool, a thread hop per request (and per router that declares it) for a header compare.
     async def check(request: Request) -> None:
-        _verify_bearer(request, token, what)
+        authenticator.check(
+            request.headers.get("authorization", ""),
+            scope,
+            missing=f"{what} needs the header 'Authorization: Bearer <token>'",
+            wrong=f"{what} needs a valid token in 'Authorization: Bearer <token>'",
+            hint="Ask the server's operator for the token.",
+        )
 
-    return check
-
-
-def _verify_bearer(request: Request, token: str | None, what: str) -> None:
-    require_bearer(
-        request.headers.get("authorization", ""),
-        token,
-        refusal=f"{what} needs the header 'Authorization: Bearer <token>'",
-        hint="Ask the server's operator for the token.",
-    )
+    return Depends(check)
 
 
 def inference_auth(config: ServeConfig) -> Any:
-    return Depends(_bearer_check(config.auth_token, "this endpoint"))
+    return _bearer_check(config, INFERENCE, "this endpoint")
 
 
 def _admin_auth(config: ServeConfig) -> Any:
-    async def check(request: Request) -> None:
-        if config.admin_token is None:
-            raise Unauthorized(
-                "the repository API is disabled: the server has no admin token",
-                hint="Start the server with serve.admin_token set to enable load and unload.",
-            )
-        _verify_bearer(request, config.admin_token, "the repository API")
-
-    return Depends(check)
+    return _bearer_check(config, ADMIN, "the repository API")
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -247,7 +238,8 @@ def _repository_router(dataplane: DataPlane, config: ServeConfig) -> APIRouter:
     @router.post(
         "/v2/repository/index",
         summary="Every model version and its state",
-        dependencies=[inference_auth(config)],
+        # Read-only: any known token (inference or admin) may list the repository.
+        dependencies=[_bearer_check(config, ANY, "this endpoint")],
     )
     async def index(request: Request) -> list[dict]:
         body = await request.body()
