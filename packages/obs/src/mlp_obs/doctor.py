@@ -75,7 +75,9 @@ def torch_check() -> CheckResult:
 def onnxruntime_check() -> CheckResult:
     if not _installed("onnxruntime"):
         return CheckResult(True, "not installed (serving needs mlp-serve)", {"installed": False})
-    ort = importlib.import_module("onnxruntime")
+    from mlp_obs.ort_telemetry import import_onnxruntime
+
+    ort = import_onnxruntime()  # telemetry off unless the user set ORT_DISABLE_TELEMETRY
     return CheckResult(True, *describe_providers(ort))
 
 

@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# Before onnxruntime: importing it sets ORT_DISABLE_TELEMETRY=1 (unless the user set it),
+# which onnxruntime reads only when it is imported.
+import mlp_obs.ort_telemetry  # noqa: F401
+
+# isort: split
 import onnxruntime as ort
 
 from mlp_core.errors import ServingError

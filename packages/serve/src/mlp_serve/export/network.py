@@ -186,6 +186,9 @@ def to_int8(network: onnx.ModelProto) -> onnx.ModelProto:
     ``quantize_dynamic`` quantises MatMul and Conv; torch exports linear layers as Gemm, so
     each Gemm with constant weights is first written as MatMul + Add (same result).
     """
+    from mlp_obs.ort_telemetry import disable_telemetry
+
+    disable_telemetry()  # before onnxruntime is imported, which is when it reads the variable
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     prepared = _gemm_to_matmul(network)

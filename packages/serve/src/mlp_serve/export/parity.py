@@ -20,6 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+# Before onnxruntime: importing it sets ORT_DISABLE_TELEMETRY=1 (unless the user set it),
+# which onnxruntime reads only when it is imported.
+import mlp_obs.ort_telemetry  # noqa: F401
+
+# isort: split
 import onnxruntime as ort
 import torch
 
