@@ -43,6 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for option, path in (("--csv", args.csv), ("--image", args.image)):
+        if path is not None and not path.is_file():
+            raise ServingError(f"{option} {path}: no such file")
     predictions = _grpc_predict(args) if args.grpc else _rest_predict(args)
     print(json.dumps({"predictions": predictions}, indent=2))
     return 0
@@ -101,6 +104,19 @@ def _rest_predict(args: argparse.Namespace) -> list[dict]:
     import httpx
 
     base = (args.url or "http://127.0.0.1:8000").rstrip("/")
+    try:
+        return _rest_exchange(args, base)
+    except httpx.TransportError as exc:
+        # A server that is not there is the user's next step, not a traceback.
+        raise ServingError(
+            f"cannot reach the server at {base}: {exc}",
+            hint="Start it with `mlp serve REPO`, or pass --url (or --grpc) with its address.",
+        ) from None
+
+
+def _rest_exchange(args: argparse.Namespace, base: str) -> list[dict]:
+    import httpx
+
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     params = {"version": args.version} if args.version else {}
     with httpx.Client(base_url=base, headers=headers, timeout=args.timeout) as client:
