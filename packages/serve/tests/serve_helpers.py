@@ -246,3 +246,23 @@ def fragile_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, None])],
         [shape],
     )
+
+
+# A tabular model's class labels and a small RGB image bundle's evaluation spec, shared by the
+# REST convenience endpoints' tests and the in-process Predictor's.
+PENGUIN_LABELS = ["adelie", "chinstrap", "gentoo"]
+IMAGE_SPEC = {
+    "kind": "image",
+    "version": 1,
+    "color_mode": "RGB",
+    "resize_size": 10,
+    "interpolation": "bilinear",
+    "crop_size": [8, 8],
+    "input_dtype": "uint8",
+    "scale": 1 / 255,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "channel_order": ["R", "G", "B"],
+    "layout": "CHW",
+    "dtype": "float32",
+}

@@ -12,6 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from serve_helpers import (
+    IMAGE_SPEC as SPEC,
+)
+from serve_helpers import (
+    PENGUIN_LABELS as LABELS,
+)
+from serve_helpers import (
     W,
     cpu_config,
     image_model,
@@ -25,22 +31,6 @@ from mlp_serve import Predictor
 from mlp_serve.errors import InvalidInput, ModelNotFound, ModelUnavailable
 from mlp_serve.server import BackgroundServer
 
-LABELS = ["adelie", "chinstrap", "gentoo"]
-SPEC = {
-    "kind": "image",
-    "version": 1,
-    "color_mode": "RGB",
-    "resize_size": 10,
-    "interpolation": "bilinear",
-    "crop_size": [8, 8],
-    "input_dtype": "uint8",
-    "scale": 1 / 255,
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-    "channel_order": ["R", "G", "B"],
-    "layout": "CHW",
-    "dtype": "float32",
-}
 ROWS = [
     {"bill": 1.5, "flipper": 2, "island": "b"},
     {"bill": None, "island": "never-seen"},
