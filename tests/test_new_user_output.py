@@ -14,7 +14,6 @@ their output captured as a terminal would show it.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -26,8 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from mlp_obs.gpu import GpuUnavailable, read_gpus
+from serve_helpers import cuda_libraries_load, nvml_sees_a_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -52,22 +50,6 @@ RAW_NOISE = [
     )
 ]
 READY = re.compile(r"^mlp serve: REST on (http://\S+), gRPC on (\S+)$", re.MULTILINE)
-
-
-def nvml_sees_a_gpu() -> bool:
-    try:
-        return bool(read_gpus()[1])
-    except GpuUnavailable:
-        return False
-
-
-def cuda_libraries_load() -> bool:
-    try:
-        for name in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcuda.so.1"):
-            ctypes.CDLL(name)
-    except OSError:
-        return False
-    return True
 
 
 GPU = nvml_sees_a_gpu()

@@ -15,13 +15,12 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
 import numpy as np
 import onnx
-from serve_helpers import linear_model, write_bundle
+from serve_helpers import linear_model, start_server_process, write_bundle
 
 MLP = Path(sys.executable).parent / "mlp"
 VARIABLE = "ORT_DISABLE_TELEMETRY"
@@ -175,37 +174,8 @@ def test_mlp_serve_writes_no_telemetry(tmp_path):
     home.mkdir()
     repo = tmp_path / "repo"
     write_bundle(repo, "linear", 1, linear_model(), manifest=False)
-    process = subprocess.Popen(
-        [
-            str(MLP),
-            "serve",
-            str(repo),
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--set",
-            "poll_seconds=null",
-            "--set",
-            "providers=[CPUExecutionProvider]",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=environment(home),
-    )
-    # Reading its output blocks: a server that neither starts nor exits is killed.
-    watchdog = threading.Timer(120, process.kill)
-    watchdog.start()
+    process, url, _ = start_server_process(repo, entry=(str(MLP), "serve"), env=environment(home))
     try:
-        assert process.stdout is not None
-        url = None
-        for line in process.stdout:
-            match = STARTUP.search(line)
-            if match:
-                url = match.group(1)
-                break
-        assert url, "the server printed no startup line"
         x = np.arange(4, dtype=np.float32)
         body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": x.tolist()}]}
         response = httpx.post(f"{url}/v2/models/linear/infer", json=body, timeout=30)
@@ -213,7 +183,6 @@ def test_mlp_serve_writes_no_telemetry(tmp_path):
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
-        watchdog.cancel()
         if process.poll() is None:
             process.kill()
             process.wait()

@@ -5,8 +5,13 @@ Imported by name (``from serve_helpers import ...``); the fixtures live in conft
 
 from __future__ import annotations
 
+import ctypes
 import json
+import re
 import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mlp_core.files import sha256_file
+from mlp_obs.gpu import GpuUnavailable, read_gpus
 from mlp_serve.config import ServeConfig
 
 OPSET = 17
@@ -266,3 +272,81 @@ IMAGE_SPEC = {
     "layout": "CHW",
     "dtype": "float32",
 }
+
+
+def write_convenience_repo(root: Path) -> Path:
+    """A tabular ``penguins`` (3 classes over bill, flipper and island), an RGB image ``digits``
+    and a ``linear`` v1: the models the REST convenience endpoints and the Predictor serve."""
+    write_bundle(
+        root,
+        "penguins",
+        1,
+        tabular_model(),
+        task="multiclass",
+        kind="tabular",
+        feature_schema={"numeric": ["bill", "flipper"], "categorical": ["island"]},
+        class_labels=PENGUIN_LABELS,
+    )
+    write_bundle(
+        root,
+        "digits",
+        1,
+        image_model(),
+        task="multiclass",
+        kind="image",
+        class_labels=["r", "g", "b"],
+        preprocessing=IMAGE_SPEC,
+    )
+    write_bundle(root, "linear", 1, linear_model())
+    return root
+
+
+STARTUP = re.compile(r"mlp serve: REST on (http://\S+), gRPC on (\S+)")
+
+
+def start_server_process(
+    repo: Path,
+    *extra: str,
+    entry: tuple[str, ...] = (sys.executable, "-m", "mlp_serve"),
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[str], str, str]:
+    """A real server process on free ports, CPU only, no polling; (process, REST URL, gRPC
+    address) once it printed its startup line. ``entry`` is the command that serves (the real
+    ``mlp serve`` entry point, say)."""
+    command = [*entry, str(repo), "--http-port", "0", "--grpc-port", "0"]
+    command += ["--set", "poll_seconds=null", "--set", "providers=[CPUExecutionProvider]", *extra]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
+    # Reading its output blocks: a server that neither starts nor exits is killed.
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            match = STARTUP.search(line)
+            if match:
+                return process, match.group(1), match.group(2)
+    finally:
+        watchdog.cancel()
+    process.kill()
+    process.wait()
+    raise AssertionError("the server printed no startup line")
+
+
+def nvml_sees_a_gpu() -> bool:
+    """What NVML says, independently of the code under test."""
+    try:
+        return bool(read_gpus()[1])
+    except GpuUnavailable:
+        return False
+
+
+def cuda_libraries_load() -> bool:
+    """Independent of mlp_obs.accelerators: the libraries CUDA's provider links against."""
+    try:
+        for name in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcuda.so.1"):
+            ctypes.CDLL(name)
+    except OSError:
+        return False
+    return True

@@ -16,11 +16,8 @@ from serve_helpers import (
 )
 from serve_helpers import (
     cpu_config,
-    image_model,
-    linear_model,
     softmax,
-    tabular_model,
-    write_bundle,
+    write_convenience_repo,
 )
 
 from mlp_serve.server import BackgroundServer
@@ -29,27 +26,7 @@ from mlp_serve.server import BackgroundServer
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
-    write_bundle(
-        repo,
-        "penguins",
-        1,
-        tabular_model(),
-        task="multiclass",
-        kind="tabular",
-        feature_schema={"numeric": ["bill", "flipper"], "categorical": ["island"]},
-        class_labels=LABELS,
-    )
-    write_bundle(
-        repo,
-        "digits",
-        1,
-        image_model(),
-        task="multiclass",
-        kind="image",
-        class_labels=["r", "g", "b"],
-        preprocessing=SPEC,
-    )
-    write_bundle(repo, "linear", 1, linear_model())
+    write_convenience_repo(repo)
     with BackgroundServer(repo, cpu_config()) as running:
         yield running
 

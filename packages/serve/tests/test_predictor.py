@@ -12,18 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from serve_helpers import (
-    IMAGE_SPEC as SPEC,
-)
-from serve_helpers import (
-    PENGUIN_LABELS as LABELS,
-)
-from serve_helpers import (
     W,
     cpu_config,
-    image_model,
     linear_model,
-    tabular_model,
     write_bundle,
+    write_convenience_repo,
 )
 
 from mlp_core.errors import ConfigError
@@ -41,27 +34,7 @@ ROWS = [
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("repo")
-    write_bundle(
-        root,
-        "penguins",
-        1,
-        tabular_model(),
-        task="multiclass",
-        kind="tabular",
-        feature_schema={"numeric": ["bill", "flipper"], "categorical": ["island"]},
-        class_labels=LABELS,
-    )
-    write_bundle(
-        root,
-        "digits",
-        1,
-        image_model(),
-        task="multiclass",
-        kind="image",
-        class_labels=["r", "g", "b"],
-        preprocessing=SPEC,
-    )
-    write_bundle(root, "linear", 1, linear_model())
+    write_convenience_repo(root)
     write_bundle(root, "linear", 2, linear_model(w=2 * W))
     return root
 

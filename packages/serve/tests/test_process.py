@@ -16,46 +16,12 @@ import httpx
 import numpy as np
 import pytest
 from serve_helpers import cpu_config, linear_model, slow_model, write_bundle
+from serve_helpers import start_server_process as start
 
 from mlp_core.config import ServeSection, load_config
 from mlp_core.errors import ConfigError
 from mlp_serve.config import load_serve_config
 from mlp_serve.server import serve_async
-
-STARTUP = re.compile(r"mlp serve: REST on (http://\S+), gRPC on (\S+)")
-
-
-def start(repo, *extra: str) -> tuple[subprocess.Popen, str, str]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlp_serve",
-            str(repo),
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--set",
-            "poll_seconds=null",
-            "--set",
-            "providers=[CPUExecutionProvider]",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        match = STARTUP.search(line)
-        if match:
-            return process, match.group(1), match.group(2)
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise AssertionError("the server printed no startup line")
 
 
 def in_flight(url: str) -> float:

@@ -7,7 +7,6 @@ Every test asserts what this machine should give: whether CUDA can start is deci
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 from collections.abc import Iterator
@@ -16,32 +15,13 @@ from pathlib import Path
 import httpx
 import onnxruntime as ort
 import pytest
-from serve_helpers import linear_model, write_bundle
+from serve_helpers import cuda_libraries_load, linear_model, nvml_sees_a_gpu, write_bundle
 
 from mlp_core.errors import ConfigError, ServingError
-from mlp_obs.gpu import GpuUnavailable, read_gpus
 from mlp_obs.log import configure_logging
 from mlp_serve.config import ServeConfig, load_serve_config
 from mlp_serve.runtime import CPU, CUDA, load_runtime
 from mlp_serve.server import BackgroundServer
-
-
-def nvml_sees_a_gpu() -> bool:
-    try:
-        return bool(read_gpus()[1])
-    except GpuUnavailable:
-        return False
-
-
-def cuda_libraries_load() -> bool:
-    # Independent of mlp_obs.accelerators: the libraries CUDA's provider links against.
-    try:
-        for name in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcuda.so.1"):
-            ctypes.CDLL(name)
-    except OSError:
-        return False
-    return True
-
 
 GPU = nvml_sees_a_gpu()
 CUDA_EXPECTED = GPU and CUDA in ort.get_available_providers() and cuda_libraries_load()
