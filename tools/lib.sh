@@ -8,7 +8,7 @@ export UV_LINK_MODE="${UV_LINK_MODE:-hardlink}"
 
 # Extras of the shared development environment (.venv): everything but the CUDA wheels of
 # onnxruntime-gpu[cuda], which only a GPU machine can use.
-WORKSPACE_EXTRAS=(--extra mlflow --extra gpu --extra export)
+WORKSPACE_EXTRAS=(--extra mlflow --extra gpu --extra export --extra yolo --extra parquet)
 
 ensure_uv() {
     if ! command -v uv >/dev/null 2>&1; then

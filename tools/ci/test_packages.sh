@@ -12,10 +12,10 @@ SUITES=(
     "core:image:tests"          # the image extra: ImageEvalSpec.apply needs Pillow
     "obs:mlflow gpu:tests"
     "data::tests"
-    "models::tests"
-    "train::tests"
-    "serve::tests"              # the server alone: no torch in this environment
-    "serve:export:tests_export" # the exporter: mlp-serve[export]
+    "models:yolo:tests"         # YOLOModel needs ultralytics (AGPL-3.0, the optional extra)
+    "train:yolo:tests"          # detection trains through ultralytics' engine
+    "serve:parquet:tests"       # the server alone (no torch); pyarrow for mlp predict --local
+    "serve:export yolo:tests_export" # the exporter: mlp-serve[export], detection runs too
 )
 
 wanted=("$@")
