@@ -14,15 +14,21 @@ only, and mlp-data's tests compare its torch transform against it:
 3. pixels to float32 times ``scale`` (1/255), then ``(x - mean) / std`` per channel;
 4. layout ``CHW`` in ``channel_order``.
 
-The geometry is one step chosen by ``resize_mode`` so that another one (detection's letterbox:
-resize keeping the aspect ratio, pad to the model's size) joins as a new mode with its own keys
-while steps 1, 3 and 4 stay shared. Pillow is imported only by :meth:`~ImageEvalSpec.apply`
+   ``letterbox`` (detection, as ultralytics' ``LetterBox`` with ``auto=False``): scale by
+   ``r = min(h_in / h, w_in / w)`` to ``round(w * r)`` x ``round(h * r)`` (skipped when the size
+   is already that), then pad with ``pad_value`` to ``crop_size``, ``round(d / 2 - 0.1)`` pixels
+   before and the rest after on each axis (``resize_size`` equals ``crop_size`` here).
+   :meth:`~ImageEvalSpec.letterbox` gives that geometry for one image, and
+   :meth:`Letterbox.to_original` maps boxes back into the pixels of the image that was sent;
+
+The geometry is one step chosen by ``resize_mode``, while steps 1, 3 and 4 stay shared. Pillow is imported only by :meth:`~ImageEvalSpec.apply`
 (``pip install 'mlp-core[image]'``), so reading and checking a spec needs numpy alone.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
@@ -51,10 +57,11 @@ class ImageEvalSpec(Contract):
     kind: Literal["image"] = SPEC_KIND
     version: Literal[1] = SPEC_VERSION
     color_mode: ColorMode
-    resize_mode: Literal["resize_crop"] = "resize_crop"
+    resize_mode: Literal["resize_crop", "letterbox"] = "resize_crop"
     resize_size: int | tuple[int, int] = Field(..., description="shorter side, or [h, w]")
     interpolation: Interpolation = "bilinear"
     crop_size: tuple[int, int]
+    pad_value: int = Field(114, ge=0, le=255, description="letterbox padding (grey, as YOLO)")
     scale: float = 1.0 / 255.0
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -84,6 +91,10 @@ class ImageEvalSpec(Contract):
         sizes = (self.resize_size,) if isinstance(self.resize_size, int) else self.resize_size
         if any(size <= 0 for size in (*sizes, *self.crop_size)):
             raise ValueError("resize_size and crop_size must be positive")
+        if self.resize_mode == "letterbox" and tuple(sizes) != tuple(self.crop_size):
+            raise ValueError(
+                "letterbox: resize_size must be [h, w] equal to crop_size (the model's input size)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,19 +118,71 @@ class ImageEvalSpec(Contract):
             return (size, other) if height <= width else (other, size)
         return size
 
+    def letterbox(self, height: int, width: int) -> Letterbox:
+        """Where an image of ``height`` x ``width`` lands in the model input (letterbox mode)."""
+        out_h, out_w = self.crop_size
+        ratio = min(out_h / height, out_w / width)
+        new_h, new_w = round(height * ratio), round(width * ratio)
+        return Letterbox(
+            ratio=ratio,
+            top=round((out_h - new_h) / 2 - 0.1),
+            left=round((out_w - new_w) / 2 - 0.1),
+            height=new_h,
+            width=new_w,
+            source=(height, width),
+        )
+
     def apply(self, image: Image.Image) -> npt.NDArray[np.float32]:
         """The model input for one image: float32 ``[C, H, W]``, as evaluation produced it."""
         resampling = _pil_resampling()
         image = image.convert(self.color_mode)
-        height, width = self.resized_size(image.height, image.width)
-        image = image.resize((width, height), resample=resampling[self.interpolation])
-        pixels = np.asarray(image, dtype=np.uint8)
-        if pixels.ndim == 2:
-            pixels = pixels[:, :, None]
-        pixels = center_crop(pixels, *self.crop_size)
+        if self.resize_mode == "letterbox":
+            pixels = self._letterboxed(image, resampling[self.interpolation])
+        else:
+            height, width = self.resized_size(image.height, image.width)
+            image = image.resize((width, height), resample=resampling[self.interpolation])
+            pixels = np.asarray(image, dtype=np.uint8)
+            if pixels.ndim == 2:
+                pixels = pixels[:, :, None]
+            pixels = center_crop(pixels, *self.crop_size)
         values = pixels.astype(np.float32) * np.float32(self.scale)
         values = (values - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(np.transpose(values, (2, 0, 1)), dtype=np.float32)
+
+    def _letterboxed(self, image: Image.Image, resample: Any) -> npt.NDArray[np.uint8]:
+        box = self.letterbox(image.height, image.width)
+        if (image.height, image.width) != (box.height, box.width):
+            image = image.resize((box.width, box.height), resample=resample)
+        pixels = np.asarray(image, dtype=np.uint8)
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        canvas = np.full((*self.crop_size, pixels.shape[2]), self.pad_value, dtype=np.uint8)
+        canvas[box.top : box.top + box.height, box.left : box.left + box.width] = pixels
+        return canvas
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """One image's place in a letterboxed model input: scaled by ``ratio`` to ``height`` x
+    ``width``, its top-left corner at (``top``, ``left``); ``source`` is its own size."""
+
+    ratio: float
+    top: int
+    left: int
+    height: int
+    width: int
+    source: tuple[int, int]
+
+    def to_original(self, boxes: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+        """``[N, 4]`` x1, y1, x2, y2 boxes in model-input pixels -> in the source image's
+        pixels, clipped to it (as ultralytics' ``scale_boxes``)."""
+        out = np.asarray(boxes, dtype=np.float32).copy()
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.left) / self.ratio
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.top) / self.ratio
+        height, width = self.source
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+        return out
 
 
 def center_crop(pixels: npt.NDArray[Pixel], height: int, width: int) -> npt.NDArray[Pixel]:

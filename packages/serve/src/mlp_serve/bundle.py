@@ -50,17 +50,27 @@ class Parity(_Strict):
     passed: bool
 
 
+class DetectionDefaults(_Strict):
+    """A detection bundle's post-processing defaults (ultralytics' predict defaults); a request's
+    ``confidence``, ``iou`` and ``max_detections`` parameters override them."""
+
+    confidence: float = Field(0.25, gt=0.0, le=1.0)
+    iou: float = Field(0.7, gt=0.0, le=1.0)
+    max_detections: int = Field(300, gt=0)
+
+
 class Manifest(_Strict):
     format: Literal["mlp.bundle"] = FORMAT
     format_version: int = 1
     name: str
     version: int = Field(..., gt=0)
-    task: str  # binary, multiclass, regression
-    kind: Literal["tabular", "image", "onnx"]
+    task: str  # binary, multiclass, regression, detection
+    kind: Literal["tabular", "image", "detection", "onnx"]
     inputs: list[TensorSpec]  # in JSON: name, datatype, shape (-1 dynamic, batch axis first)
     outputs: list[TensorSpec]
     feature_schema: FeatureSchema | None = None
     class_labels: list[str] | None = None
+    detection: DetectionDefaults | None = None  # kind "detection" only
     preprocessing: dict[str, Any] = Field(default_factory=dict)
     sha256: str
     opset: int
