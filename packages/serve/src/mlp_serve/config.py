@@ -45,6 +45,12 @@ class BatchingConfig(_Strict):
         "while the previous batch ran, and a lone request runs at once",
     )
     max_queue_size: int = Field(default=256, gt=0, description="requests waiting; beyond it: 503")
+    max_queue_bytes: int = Field(
+        default=512 * MIB,
+        gt=0,
+        description="bytes of input tensors waiting; beyond it: 503 / RESOURCE_EXHAUSTED (a "
+        "request that finds the queue empty is always taken)",
+    )
 
 
 class AuthConfig(_Strict):
@@ -62,6 +68,41 @@ class AuthConfig(_Strict):
     )
     reload_seconds: float = Field(
         default=1.0, ge=0, description="how often the tokens file is checked; 0: every request"
+    )
+
+
+class RateLimit(_Strict):
+    """A token bucket: ``rate`` requests a second on average, up to ``burst`` at once."""
+
+    rate: float = Field(gt=0, description="requests per second, refilled continuously")
+    burst: int | None = Field(
+        default=None, ge=1, description="the bucket's size; None: one second's worth (>= 1)"
+    )
+
+
+class RateLimitConfig(_Strict):
+    """Per-client rate limits (see :mod:`mlp_serve.ratelimit`): a client is its token when it
+    sends a known one, else its address. ``rate``/``burst``: each client's budget for every
+    model without its own entry and the server's other endpoints; ``models``: a separate budget
+    per named model. Health and metrics are never limited. Off unless set."""
+
+    rate: float | None = Field(default=None, gt=0, description="None: no server-wide limit")
+    burst: int | None = Field(default=None, ge=1, description="None: one second's worth")
+    models: dict[str, RateLimit] = Field(default_factory=dict)
+
+
+class TlsConfig(_Strict):
+    """TLS for REST and gRPC (see :mod:`mlp_serve.tls`): PEM files, read at start."""
+
+    cert_file: str | None = Field(default=None, description="server certificate chain (PEM)")
+    key_file: str | None = Field(default=None, description="its private key (PEM)")
+    client_ca_file: str | None = Field(
+        default=None, description="CA bundle that client certificates are checked against (mTLS)"
+    )
+    require_client_cert: bool = Field(
+        default=False,
+        description="refuse clients without a certificate from client_ca_file; false: a "
+        "certificate is asked for, checked if sent, and optional",
     )
 
 
@@ -93,6 +134,34 @@ class ServeConfig(ServeSection):
     max_request_bytes: int = Field(default=64 * MIB, gt=0, description="larger bodies get 413")
     grpc_max_message_bytes: int = Field(default=256 * MIB, gt=0)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    # Security and limits (mlp_serve.ratelimit, tls, deadlines, http_limits).
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    request_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="longest a request may wait and run on the server: REST 504, gRPC "
+        "DEADLINE_EXCEEDED, taken out of the queue if not run yet; None: no limit (a gRPC "
+        "client's own deadline still applies)",
+    )
+    grpc_max_metadata_bytes: int = Field(
+        default=16 * 1024, gt=0, description="gRPC request metadata (headers) above it refused"
+    )
+    http_max_header_bytes: int = Field(
+        default=64 * 1024, gt=0, description="request line and headers above it: 431"
+    )
+    http_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a connection that has not sent a request's headers in full this long after "
+        "its first byte (or after opening) is closed: slowloris",
+    )
+    http_keep_alive_seconds: float = Field(
+        default=5.0, gt=0, description="an idle keep-alive connection is closed after it"
+    )
+    http_max_concurrency: int | None = Field(
+        default=None, gt=0, description="connections or requests at once; beyond: 503; None: no cap"
+    )
     auth_token: str | None = Field(
         default=None,
         description="bearer token the inference API requires (kept for compatibility: prefer "
