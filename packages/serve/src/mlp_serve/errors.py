@@ -50,5 +50,38 @@ class Unauthorized(InferenceError):
     grpc_code = "UNAUTHENTICATED"
 
 
+class QueueBytesFull(QueueFull):
+    """The model's queue holds its limit of input bytes: try again shortly."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class RateLimited(InferenceError):
+    """The client spent its rate limit's budget; ``retry_after_seconds`` says when one more
+    request will be allowed (REST ``Retry-After``, gRPC trailing metadata ``retry-after``)."""
+
+    http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after_seconds: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class DeadlineExceeded(InferenceError):
+    """The request's time ran out (serve.request_timeout_seconds or the gRPC deadline) before
+    it was answered; if it had not run yet, it was taken out of the queue."""
+
+    http_status = 504
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(InferenceError):
+    """The client went away (a cancelled gRPC call) before its request ran."""
+
+    http_status = 499  # nginx's "client closed request": nobody reads it
+    grpc_code = "CANCELLED"
+
+
 class BundleError(ServingError):
     """A bundle on disk is unusable: missing files, a bad manifest, a sha256 mismatch."""
