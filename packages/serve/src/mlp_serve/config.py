@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -112,6 +112,12 @@ class ServeConfig(ServeSection):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        default=1,
+        description="server processes behind the same ports (SO_REUSEPORT, Linux), each with "
+        "its own copy of the models; 1: this process serves; 0 or 'auto': one per CPU this "
+        "process may use (see mlp_serve.workers)",
+    )
     models: list[str] | None = Field(default=None, description="models to serve; None: every one")
     poll_seconds: float | None = Field(
         default=5.0, gt=0, description="how often to look for new versions; None: never"
