@@ -188,15 +188,22 @@ class InferenceMetrics:
             "Requests being answered now",
             ["model", "version", "protocol"],
             registry=registry,
+            # Several worker processes (prometheus_client's multiprocess mode): the live ones' sum.
+            multiprocess_mode="livesum",
         )
         self.models_loaded = Gauge(
-            "mlp_inference_models_loaded", "Model versions loaded and ready", registry=registry
+            "mlp_inference_models_loaded",
+            "Model versions loaded and ready",
+            registry=registry,
+            # Several workers: what every live worker has ready (each loads its own copy).
+            multiprocess_mode="livemin",
         )
         self.model_info = Gauge(
             "mlp_inference_model_info",
             "A loaded model version and the onnxruntime execution provider that runs it",
             ["model", "version", "provider"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self._providers: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
@@ -256,7 +263,7 @@ class InferenceMetrics:
         with self._lock:
             previous = self._providers.get((model, version))
             if previous is not None and previous != provider:
-                self.model_info.remove(model, version, previous)
+                self._remove_info(model, version, previous)
             self._providers[(model, version)] = provider
             self.model_info.labels(model, version, provider).set(1)
             self.models_loaded.set(len(self._providers))
@@ -265,8 +272,14 @@ class InferenceMetrics:
         with self._lock:
             provider = self._providers.pop((model, version), None)
             if provider is not None:
-                self.model_info.remove(model, version, provider)
+                self._remove_info(model, version, provider)
             self.models_loaded.set(len(self._providers))
+
+    def _remove_info(self, model: str, version: str, provider: str) -> None:
+        # Zeroed first: in multiprocess mode remove() forgets the series in this process only,
+        # and the value already written to the shared file would still say 1.
+        self.model_info.labels(model, version, provider).set(0)
+        self.model_info.remove(model, version, provider)
 
 
 class SystemCollector(Collector):
