@@ -16,6 +16,19 @@ from mlp_core.tensors import element_size, to_numpy_dtype
 from mlp_serve.errors import InvalidInput
 
 _LENGTH = struct.Struct("<I")
+# numpy refuses an array whose non-zero dimensions multiply past this many bytes, even when
+# another dimension is 0 and the array holds nothing ("array is too big").
+_MAX_BYTES = int(np.iinfo(np.intp).max)
+
+
+def check_shape_size(name: str, datatype: str, shape: list[int]) -> None:
+    """Refuse a shape no array can have: [0, 2**62, 4] holds nothing, yet numpy cannot make it."""
+    extent = math.prod(d for d in shape if d) * (element_size(datatype) or 8)
+    if extent > _MAX_BYTES:
+        raise InvalidInput(
+            f"input {name!r}: shape {shape} is too large: its non-zero dimensions multiply to "
+            f"more than {_MAX_BYTES} bytes"
+        )
 
 
 @functools.cache

@@ -26,7 +26,7 @@ from mlp_core.tensors import DATATYPES, TensorSpec, to_numpy_dtype
 from mlp_serve._generated import mlp_inference_pb2 as pb
 from mlp_serve._generated import mlp_model_config_pb2 as pb_config
 from mlp_serve.errors import InvalidInput
-from mlp_serve.tensor_codec import array_from_raw, array_to_raw
+from mlp_serve.tensor_codec import array_from_raw, array_to_raw, check_shape_size
 from mlp_serve.types import (
     InferRequest,
     InferResponse,
@@ -132,6 +132,7 @@ def _checked_signature(name: str, datatype: str, shape: Iterable[int]) -> tuple[
     dims = list(shape)  # protobuf gives ints already
     if dims and min(dims) < 0:
         raise InvalidInput(f"input {name!r} has shape {dims}: dimensions must not be negative")
+    check_shape_size(name, datatype, dims)
     return datatype, dims
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from mlp_core.tensors import DATATYPES, to_numpy_dtype
 from mlp_serve.errors import InvalidInput
-from mlp_serve.tensor_codec import array_from_raw, array_to_raw
+from mlp_serve.tensor_codec import array_from_raw, array_to_raw, check_shape_size
 from mlp_serve.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -147,6 +147,7 @@ def _decode_input(item: Any, position: int, binary: bytes, offset: int) -> tuple
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidInput(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    check_shape_size(name, datatype, shape)
     parameters = _mapping(item.get("parameters", {}), f"input {name!r}: 'parameters'")
     size = parameters.get("binary_data_size")
     if size is not None:
