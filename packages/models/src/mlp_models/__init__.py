@@ -20,6 +20,7 @@ from mlp_models.registry import (
 )
 from mlp_models.tabular import TabularModel, embedding_size
 from mlp_models.vision import VisionModel
+from mlp_models.yolo import YOLOModel  # registers "yolo"; ultralytics is imported on first use
 
 __version__ = _version("mlp-models")
 
@@ -31,6 +32,7 @@ __all__ = [
     "TabularModel",
     "Task",
     "VisionModel",
+    "YOLOModel",
     "__version__",
     "accepted_arguments",
     "create_model",
