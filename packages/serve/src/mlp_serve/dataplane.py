@@ -175,7 +175,8 @@ class DataPlane:
             versions=versions if version in (None, "") else [str(entry.version)],
             platform=PLATFORM,
             inputs=list(entry.runtime.inputs),
-            outputs=list(entry.runtime.outputs),
+            # A detection model answers post-processed outputs (and its raw head on request).
+            outputs=list(entry.detection.outputs if entry.detection else entry.runtime.outputs),
             parameters=self._parameters(entry),
         )
 
@@ -237,6 +238,8 @@ class DataPlane:
                 params["feature_schema"] = manifest.feature_schema.model_dump_json()
             if manifest.kind == "image":
                 params["preprocessing"] = json.dumps(manifest.preprocessing)
+        if entry.detection is not None:
+            params.update(entry.detection.parameters())
         return params
 
     # -- repository ------------------------------------------------------------------------
@@ -323,6 +326,11 @@ class DataPlane:
     ) -> tuple[dict[str, np.ndarray], list[str]]:
         runtime = entry.runtime
         feeds = validate_inputs(request, runtime.inputs, entry.max_batch_size)
+        if entry.detection is not None:
+            # Checked now (a bad threshold is refused before it costs a run); the batch runs
+            # the raw head only, and each request's detections are computed in _response.
+            entry.detection.plan(request)
+            return feeds, [entry.detection.raw.name]
         names = validate_outputs([o.name for o in request.outputs], runtime.outputs)
         return feeds, names
 
@@ -333,6 +341,9 @@ class DataPlane:
         names: list[str],
         results: dict[str, np.ndarray],
     ) -> InferResponse:
+        if entry.detection is not None:
+            names, _ = entry.detection.plan(request)
+            results = entry.detection.answer(request, names, results)
         return InferResponse(
             model_name=entry.name,
             model_version=str(entry.version),

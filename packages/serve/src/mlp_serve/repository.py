@@ -31,6 +31,7 @@ from mlp_obs.metrics import InferenceMetrics
 from mlp_serve.batching import DirectRunner, DynamicBatcher
 from mlp_serve.bundle import MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest, verify_model_file
 from mlp_serve.config import ServeConfig
+from mlp_serve.detection_model import DetectionModel, is_detection
 from mlp_serve.errors import BundleError, ModelNotFound, ModelUnavailable
 from mlp_serve.runtime import ModelRuntime, load_runtime
 
@@ -56,6 +57,7 @@ class ModelVersion:
     fingerprint: Fingerprint
     max_batch_size: int  # 0: the model cannot batch (no variable first axis)
     batching: bool  # dynamic batching in use
+    detection: DetectionModel | None = None  # a detection bundle: outputs computed after the run
 
 
 @dataclass
@@ -252,7 +254,7 @@ class ModelRepository:
         self._loading.add(key)
         try:
             loop = asyncio.get_running_loop()
-            manifest, runtime = await loop.run_in_executor(
+            manifest, runtime, detection = await loop.run_in_executor(
                 self._executor, self._prepare, name, number, folder
             )
         except Exception as exc:  # whatever is wrong with one version, the others keep serving
@@ -284,6 +286,7 @@ class ModelRepository:
             fingerprint=fingerprint,
             max_batch_size=max_batch,
             batching=isinstance(runner, DynamicBatcher),
+            detection=detection,
         )
         self._publish()
         self._metrics.model_loaded(name, str(number), runtime.provider)
@@ -309,16 +312,19 @@ class ModelRepository:
 
     def _prepare(
         self, name: str, number: int, folder: Path
-    ) -> tuple[Manifest | None, ModelRuntime]:
+    ) -> tuple[Manifest | None, ModelRuntime, DetectionModel | None]:
         """Check and load one version (runs in a thread: hashing and loading block)."""
         manifest = read_manifest(folder)
         path = verify_model_file(folder, manifest)
         runtime = load_runtime(path, self._config)
         if manifest is not None:
             _check_manifest(folder, manifest, runtime)
+        detection = None
+        if manifest is not None and is_detection(manifest):
+            detection = DetectionModel.for_bundle(folder, manifest, runtime)
         if self._config.warmup:
             _warm_up(folder, runtime, manifest)
-        return manifest, runtime
+        return manifest, runtime, detection
 
     async def _retire(self, version: ModelVersion) -> None:
         # Requests already queued still get their answers; new ones no longer find it.
@@ -382,6 +388,8 @@ def _check_manifest(folder: Path, manifest: Manifest, runtime: ModelRuntime) -> 
         ("inputs", manifest.inputs, runtime.inputs),
         ("outputs", manifest.outputs, runtime.outputs),
     ):
+        if kind == "outputs" and is_detection(manifest):
+            continue  # the server computes them from the raw head: DetectionModel checks them
         want = sorted((t.name, t.datatype) for t in declared)
         have = sorted((t.name, t.datatype) for t in actual)
         if want != have:

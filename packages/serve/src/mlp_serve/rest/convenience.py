@@ -14,11 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from mlp_serve.dataplane import DataPlane
+from mlp_serve.detection_images import detection_images_request, format_detections, render_png
 from mlp_serve.errors import InvalidInput
 from mlp_serve.images import image_spec_of, images_request
+from mlp_serve.repository import ModelVersion
 from mlp_serve.rest.codec import parse_json
 from mlp_serve.rows import feature_schema_of, format_predictions, predict_rows_request
 
@@ -42,6 +45,18 @@ class Predictions(BaseModel):
     predictions: list[dict[str, Any]] = Field(
         ...,
         examples=[[{"label": "Adelie", "probabilities": {"Adelie": 0.9, "Gentoo": 0.1}}]],
+    )
+
+
+class ImagePredictions(BaseModel):
+    """One prediction per image: a classification, or a detection model's list of boxes."""
+
+    predictions: list[dict[str, Any] | list[dict[str, Any]]] = Field(
+        ...,
+        examples=[
+            [{"label": "seven", "probabilities": {"seven": 0.9, "one": 0.1}}],
+            [[{"box": [12.0, 8.5, 40.2, 33.0], "score": 0.91, "class_id": 1, "label": "circle"}]],
+        ],
     )
 
 
@@ -76,7 +91,7 @@ def convenience_router(dataplane: DataPlane, auth: Any) -> APIRouter:
     @router.post(
         "/v1/models/{model}/predict/image",
         summary="Predict from uploaded JPEG or PNG images (form field 'file', repeatable)",
-        response_model=Predictions,
+        response_model=ImagePredictions,
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -97,23 +112,62 @@ def convenience_router(dataplane: DataPlane, auth: Any) -> APIRouter:
             }
         },
     )
-    async def predict_image(request: Request, model: str, version: str | None = None) -> dict:
+    async def predict_image(
+        request: Request,
+        model: str,
+        version: str | None = None,
+        confidence: str | None = None,
+        iou: str | None = None,
+        max_detections: str | None = None,
+        render: bool = False,
+    ) -> Any:
+        """Detection bundles answer each image's boxes in its own pixels, ``[{box, score,
+        class_id, label}]`` (``confidence``, ``iou`` and ``max_detections`` override the
+        bundle's defaults), or with ``render=true`` the image with its boxes drawn, as a PNG."""
         entry = dataplane.model_entry(model, version)
         manifest = entry.manifest
+        if entry.detection is not None:
+            thresholds = {"confidence": confidence, "iou": iou, "max_detections": max_detections}
+            return await _detect(dataplane, entry, await _uploads(request), thresholds, render)
         spec = image_spec_of(model, manifest, _tensors_hint(model))
-        try:
-            form = await request.form()
-        except InvalidInput:
-            raise
-        except Exception as exc:  # starlette's multipart errors
-            raise InvalidInput(f"expected a multipart/form-data upload: {exc}") from None
-        # A file part comes as an upload object, a plain field as str.
-        uploads = [f for f in form.getlist(FILE_FIELD) if not isinstance(f, str)]
-        if not uploads:
-            raise InvalidInput(f"upload the image as the multipart form field {FILE_FIELD!r}")
-        images = [(await upload.read(), f"upload {upload.filename!r}") for upload in uploads]
+        images = await _uploads(request)
         infer_request = images_request(spec, images, [t.name for t in entry.runtime.outputs])
         response = await dataplane.infer(model, str(entry.version), infer_request, PROTOCOL)
         return {"predictions": format_predictions(response, manifest and manifest.class_labels)}
 
     return router
+
+
+async def _uploads(request: Request) -> list[tuple[bytes, str]]:
+    """The uploaded files of a multipart form, with what each is (for errors)."""
+    try:
+        form = await request.form()
+    except InvalidInput:
+        raise
+    except Exception as exc:  # starlette's multipart errors
+        raise InvalidInput(f"expected a multipart/form-data upload: {exc}") from None
+    # A file part comes as an upload object, a plain field as str.
+    uploads = [f for f in form.getlist(FILE_FIELD) if not isinstance(f, str)]
+    if not uploads:
+        raise InvalidInput(f"upload the image as the multipart form field {FILE_FIELD!r}")
+    return [(await upload.read(), f"upload {upload.filename!r}") for upload in uploads]
+
+
+async def _detect(
+    dataplane: DataPlane,
+    entry: ModelVersion,
+    images: list[tuple[bytes, str]],
+    thresholds: dict[str, str | None],
+    render: bool,
+) -> Any:
+    assert entry.detection is not None
+    if render and len(images) != 1:
+        raise InvalidInput(f"render=true draws one image; {len(images)} were uploaded")
+    infer_request, decoded, letterboxes = detection_images_request(
+        entry.detection, images, {k: v for k, v in thresholds.items() if v is not None}
+    )
+    response = await dataplane.infer(entry.name, str(entry.version), infer_request, PROTOCOL)
+    found = format_detections(response, letterboxes, entry.detection.class_labels)
+    if render:
+        return Response(render_png(decoded[0], found[0]), media_type="image/png")
+    return {"predictions": found}
