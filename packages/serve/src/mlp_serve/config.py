@@ -134,7 +134,18 @@ class ServeConfig(ServeSection):
         "cannot start on this machine are left out (a warning when set explicitly)",
     )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
-    intra_op_threads: int = Field(default=0, ge=0, description="0: onnxruntime's default")
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="onnxruntime intra-op threads per model; 0 (auto): 1 for a small model, "
+        "more for a big one, never more than the CPUs the process may use (affinity, cgroup "
+        "quota; see mlp_serve.threads)",
+    )
+    intra_op_spinning: bool | None = Field(
+        default=None,
+        description="whether onnxruntime's pool threads spin while waiting for work; None "
+        "(auto): only when the pool leaves a usable CPU free for the front end",
+    )
     inter_op_threads: int = Field(default=0, ge=0, description="0: onnxruntime's default")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_request_bytes: int = Field(default=64 * MIB, gt=0, description="larger bodies get 413")
@@ -178,6 +189,11 @@ class ServeConfig(ServeSection):
     )
     cors_origins: list[str] = Field(default_factory=list, description="empty: CORS off")
     warmup: bool = Field(default=True, description="run a zero batch at load; a failure refuses it")
+    access_log: bool = Field(
+        default=False,
+        description="one log line per REST request (method, path, status, ms, client); off by "
+        "default, as in Triton: at thousands of requests/s it costs more than the request",
+    )
     # The tokens watcher made from this config (mlp_serve.auth.authenticator_for), shared by
     # both front ends; runtime state, not a setting.
     _authenticator: Any = PrivateAttr(default=None)
