@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import threading
 import time
@@ -38,7 +39,14 @@ import numpy as np
 
 from mlp_obs.log import get_logger
 from mlp_serve.config import BatchingConfig
-from mlp_serve.errors import InferenceError, ModelUnavailable, QueueFull
+from mlp_serve.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InferenceError,
+    ModelUnavailable,
+    QueueBytesFull,
+    QueueFull,
+)
 
 log = get_logger(__name__)
 
@@ -46,6 +54,9 @@ Arrays = dict[str, np.ndarray]
 RunFn = Callable[[Arrays, Sequence[str]], Arrays]
 # observe(batch rows, compute seconds, seconds each request waited)
 ObserveFn = Callable[[int, float, list[float]], None]
+# grpc's ServicerContext.add_callback: calls the function when the call ends (the client
+# cancelled, the deadline passed); False if it has ended already.
+OnEndFn = Callable[[Callable[[], None]], bool]
 
 
 class RunFailed(InferenceError):
@@ -72,10 +83,17 @@ class _Pending:
     error: InferenceError | None = None
     answered: bool = False
     promoted: bool = False  # told to lead (its waiter released without an answer)
+    nbytes: int = 0
+    queued: bool = False  # in the queue (not yet taken into a batch, nor withdrawn)
+    leading: bool = False  # its caller thread leads (it checks its own deadline between batches)
+    deadline: float | None = None  # perf_counter time after which a thread caller gives up
+    ended: bool = False  # the caller's call ended (cancelled, deadline): it will not wait
+    withdrawn: bool = False  # taken out of the queue before it ran; ``error`` says why
 
     @property
     def abandoned(self) -> bool:
-        # A loop caller that went away (the client disconnected): its rows need not run.
+        # A loop caller that went away (the client disconnected, a timeout): its rows need not
+        # run.
         return self.future is not None and self.future.cancelled()
 
     def outcome(self) -> Arrays:
@@ -107,8 +125,17 @@ class DirectRunner:
     def closed(self) -> bool:
         return self._closed
 
-    def run_in_thread(self, feeds: Arrays, outputs: Sequence[str]) -> Arrays:
-        """Run in the calling thread, which must not be the event loop's (it blocks)."""
+    def run_in_thread(
+        self,
+        feeds: Arrays,
+        outputs: Sequence[str],
+        *,
+        timeout: float | None = None,
+        on_end: OnEndFn | None = None,
+    ) -> Arrays:
+        """Run in the calling thread, which must not be the event loop's (it blocks). Nothing
+        waits in a queue here, so ``timeout`` and ``on_end`` (see
+        :meth:`DynamicBatcher.run_in_thread`) have nothing to withdraw."""
         start = time.perf_counter()
         results = _run_safely(self._run, feeds, tuple(outputs))
         compute = time.perf_counter() - start
@@ -157,6 +184,9 @@ class DynamicBatcher:
         self._leader_waiting = False
         self._waiting_rows = 0
         self._queued_rows = 0
+        self._queued_bytes = 0
+        # Requests taken out of the queue before they ran (caller gone, deadline passed).
+        self.withdrawn = 0
         self._queue: collections.deque[_Pending] = collections.deque()
         self._leading = False
         self._closing = False
@@ -171,26 +201,98 @@ class DynamicBatcher:
     def closed(self) -> bool:
         return self._closing
 
-    def run_in_thread(self, feeds: Arrays, outputs: Sequence[str]) -> Arrays:
+    def run_in_thread(
+        self,
+        feeds: Arrays,
+        outputs: Sequence[str],
+        *,
+        timeout: float | None = None,
+        on_end: OnEndFn | None = None,
+    ) -> Arrays:
         """The request's outputs, waited for in the calling thread (never the event loop's),
         which may lead batches meanwhile.
+
+        ``timeout``: the most seconds the caller waits; after it, a request still queued is
+        withdrawn (its rows never run) and :class:`DeadlineExceeded` raised; one whose batch
+        is running is no longer waited for. ``on_end`` registers a callback for when the
+        caller's call ends early (grpc's ``context.add_callback``: the client cancelled or its
+        deadline passed): a request still queued is withdrawn then and its caller woken.
 
         A caller that found the model in the repository's snapshot just before it was replaced
         is still answered: the session lives until the last request that holds it is done.
         """
         pending = _Pending(feeds, tuple(outputs), _rows(feeds), _batch_key(feeds))
+        pending.nbytes = _nbytes(feeds)
+        if timeout is not None:
+            pending.deadline = pending.enqueued + max(0.0, timeout)
         pending.waiter = threading.Lock()
         pending.waiter.acquire()
+        if on_end is not None and not on_end(functools.partial(self._caller_ended, pending)):
+            raise Cancelled("the call ended before its request was queued")
         if not self._enqueue(pending, refuse_when_closing=False):
-            pending.waiter.acquire()  # released once: answered, or made leader
+            # Released once: answered, made leader, or withdrawn because the call ended.
+            if not pending.waiter.acquire(timeout=_remaining(pending.deadline)):
+                late = self._gave_up(pending)
+                if late is not None:
+                    raise late
             if not pending.promoted:
                 return pending.outcome()
         self._lead(pending)
         return pending.outcome()
 
+    def _gave_up(self, pending: _Pending) -> InferenceError | None:
+        """The caller's time ran out: withdraw its request if still queued. The error to raise
+        if the caller must leave now; None if it was answered or promoted meanwhile (a
+        promoted caller withdraws its own request as it takes the lead, then hands it on)."""
+        with self._lock:
+            if pending.answered or pending.promoted:
+                return None
+            if pending.withdrawn:
+                return pending.error
+            if pending.queued:
+                self._withdraw_locked(pending, DeadlineExceeded(_TIMED_OUT))
+                return pending.error
+            # Its batch is running: not worth waiting for past the deadline.
+            return DeadlineExceeded(f"{_TIMED_OUT} (its batch was running)")
+
+    def _caller_ended(self, pending: _Pending) -> None:
+        """grpc's callback when the call ends (any thread): withdraw the request if queued and
+        wake its caller; a leader or promoted caller checks ``ended`` itself."""
+        with self._lock:
+            pending.ended = True
+            if pending.answered or pending.promoted or pending.leading or not pending.queued:
+                return
+            self._withdraw_locked(pending, Cancelled(_CALLER_ENDED))
+            assert pending.waiter is not None
+            pending.waiter.release()
+
+    def _withdraw_locked(self, pending: _Pending, error: InferenceError) -> None:
+        self._queue.remove(pending)
+        self._dequeued_locked(pending)
+        pending.withdrawn, pending.error = True, error
+        self.withdrawn += 1
+        log.debug("request withdrawn from the queue", reason=error.message)
+
+    def _expired_locked(self, pending: _Pending) -> bool:
+        """For a leading caller, between batches: withdraw its own request if its call ended or
+        its time ran out. True if it is withdrawn."""
+        if not pending.queued:
+            return False
+        if pending.ended:
+            self._withdraw_locked(pending, Cancelled(_CALLER_ENDED))
+        elif pending.deadline is not None and time.perf_counter() >= pending.deadline:
+            self._withdraw_locked(pending, DeadlineExceeded(_TIMED_OUT))
+        return pending.withdrawn
+
+    def _dequeued_locked(self, pending: _Pending) -> None:
+        self._queued_rows -= pending.rows
+        self._queued_bytes -= pending.nbytes
+        pending.queued = False
+
     async def submit(self, feeds: Arrays, outputs: Sequence[str]) -> Arrays:
         loop = asyncio.get_running_loop()
         pending = _Pending(feeds, tuple(outputs), _rows(feeds), _batch_key(feeds))
+        pending.nbytes = _nbytes(feeds)
         pending.future, pending.loop = loop.create_future(), loop
         if self._enqueue(pending, refuse_when_closing=True):
             self._lead_elsewhere()
@@ -215,8 +317,20 @@ class DynamicBatcher:
                     f"the model's queue is full ({self._config.max_queue_size} requests waiting)",
                     hint="Retry after a moment, or raise serve.batching.max_queue_size.",
                 )
+            limit = self._config.max_queue_bytes
+            # A request that finds the queue empty is always taken: it could never run otherwise.
+            if self._queue and self._queued_bytes + pending.nbytes > limit:
+                raise QueueBytesFull(
+                    f"the model's queue is full: {self._queued_bytes} bytes of inputs wait and "
+                    f"this request adds {pending.nbytes}, over serve.batching.max_queue_bytes "
+                    f"({limit})",
+                    hint="Retry after a moment, send smaller requests, or raise "
+                    "serve.batching.max_queue_bytes.",
+                )
             self._queue.append(pending)
             self._queued_rows += pending.rows
+            self._queued_bytes += pending.nbytes
+            pending.queued = True
             if (
                 self._leader_waiting
                 and self._waiting_rows + self._queued_rows >= self._config.max_batch_size
@@ -224,7 +338,7 @@ class DynamicBatcher:
                 self._arrival.notify()
             if self._leading:
                 return False
-            self._leading = True
+            self._leading = pending.leading = True
             self._idle.clear()
             return True
 
@@ -236,40 +350,49 @@ class DynamicBatcher:
             self._fail_queued(ModelUnavailable("the server is shutting down"))
 
     def _lead(self, mine: _Pending | None) -> None:
-        """Run batches until ``mine`` is answered (or, for ``None``, the queue is empty), then
-        pass the lead on."""
+        """Run batches until ``mine`` is answered or withdrawn (or, for ``None``, the queue is
+        empty), then pass the lead on."""
+        if mine is not None:
+            mine.leading = True
         while True:
+            with self._lock:
+                done = mine is None or mine.answered or mine.withdrawn
+                if not done:
+                    assert mine is not None
+                    done = self._expired_locked(mine)
+                if done:
+                    if not self._queue:
+                        self._leading = False
+                        self._idle.set()
+                        return
+                    if mine is not None:
+                        if self._promote_locked():
+                            return
+                        # Only loop callers are queued: a thread of the executor takes over.
+                        break
             batch = self._take_batch()
             if batch:
                 self._execute(batch, mine)
-            with self._lock:
-                if mine is not None and not mine.answered:
-                    continue
-                if not self._queue:
-                    self._leading = False
-                    self._idle.set()
-                    return
-                if mine is None:
-                    continue
-                successor = next(((p, p.waiter) for p in self._queue if p.waiter is not None), None)
-                if successor is not None:
-                    pending, waiter = successor
-                    pending.promoted = True
-                    waiter.release()
-                    return
-            # Only loop callers are queued: a thread of the executor takes over.
-            self._lead_elsewhere()
-            return
+        self._lead_elsewhere()
+
+    def _promote_locked(self) -> bool:
+        """Hand the lead to the oldest queued caller thread; False if none is queued."""
+        for pending in self._queue:
+            if pending.waiter is not None:
+                pending.promoted = True
+                pending.waiter.release()
+                return True
+        return False
 
     def _take_batch(self) -> list[_Pending]:
         """The oldest queued request and those that stack with it, after the queue delay."""
         with self._lock:
             while self._queue and self._queue[0].abandoned:
-                self._queued_rows -= self._queue.popleft().rows
+                self._abandoned_locked(self._queue.popleft())
             if not self._queue:
                 return []
             first = self._queue.popleft()
-            self._queued_rows -= first.rows
+            self._dequeued_locked(first)
             batch = [first]
             rows = self._take_matching(batch, first.rows)
             delay = self._config.max_queue_delay_ms / 1000.0
@@ -293,15 +416,21 @@ class DynamicBatcher:
         kept: collections.deque[_Pending] = collections.deque()
         for pending in self._queue:
             if pending.abandoned:
-                self._queued_rows -= pending.rows
+                self._abandoned_locked(pending)
             elif pending.key == key and rows + pending.rows <= limit:
                 batch.append(pending)
                 rows += pending.rows
-                self._queued_rows -= pending.rows
+                self._dequeued_locked(pending)
             else:
                 kept.append(pending)
         self._queue = kept
         return rows
+
+    def _abandoned_locked(self, pending: _Pending) -> None:
+        # A loop caller that left (disconnected, timed out) while queued: withdrawn unrun.
+        self._dequeued_locked(pending)
+        pending.withdrawn = True
+        self.withdrawn += 1
 
     # -- running ---------------------------------------------------------------------------
 
@@ -355,6 +484,9 @@ class DynamicBatcher:
         with self._lock:
             queued, self._queue = list(self._queue), collections.deque()
             self._queued_rows = 0
+            self._queued_bytes = 0
+            for pending in queued:
+                pending.queued = False
             self._leading = False
             self._idle.set()
         for pending in queued:
@@ -368,6 +500,25 @@ def _settle(future: asyncio.Future, result: Arrays | None, error: InferenceError
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+_TIMED_OUT = "the request's time ran out before it was answered"
+_CALLER_ENDED = "the call ended (cancelled or past its deadline) before the request ran"
+
+
+def _remaining(deadline: float | None) -> float:
+    """For ``Lock.acquire(timeout=...)``: seconds left, or -1 (no limit)."""
+    return -1 if deadline is None else max(0.0, deadline - time.perf_counter())
+
+
+def _nbytes(feeds: Arrays) -> int:
+    """The bytes a request's inputs hold: the arrays, and the strings of BYTES tensors."""
+    total = 0
+    for array in feeds.values():
+        total += array.nbytes
+        if array.dtype == object:
+            total += sum(len(v) for v in array.flat if isinstance(v, (bytes, str)))
+    return total
 
 
 def _rows(feeds: Arrays) -> int:

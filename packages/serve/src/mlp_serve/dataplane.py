@@ -34,15 +34,19 @@ from mlp_obs.log import get_logger
 # mlp-obs owns the Prometheus dependency; its module re-exports the registry class.
 from mlp_obs.metrics import CollectorRegistry, InferenceMetrics
 from mlp_serve import __version__
-from mlp_serve.batching import DirectRunner, DynamicBatcher
+from mlp_serve.batching import DirectRunner, DynamicBatcher, OnEndFn
 from mlp_serve.config import ServeConfig
+from mlp_serve.deadlines import within
 from mlp_serve.errors import (
+    Cancelled,
+    DeadlineExceeded,
     InferenceError,
     InvalidInput,
     ModelNotFound,
     ModelUnavailable,
     QueueFull,
 )
+from mlp_serve.ratelimit import rate_limiter_for
 from mlp_serve.repository import ModelRepository, ModelVersion
 from mlp_serve.runtime import ModelRuntime
 from mlp_serve.types import InferRequest, InferResponse, ModelMetadata, Tensor
@@ -67,6 +71,8 @@ def status_label(error: BaseException) -> str:
         (InvalidInput, "invalid_input"),
         (ModelNotFound, "not_found"),
         (QueueFull, "queue_full"),
+        (DeadlineExceeded, "timeout"),
+        (Cancelled, "cancelled"),
         (ModelUnavailable, "unavailable"),
     ):
         if isinstance(error, cls):
@@ -90,6 +96,8 @@ class DataPlane:
             self.registry = CollectorRegistry()
             metrics = InferenceMetrics(self.registry)
         self.metrics = metrics
+        # Per-client rate limits (None: none set), shared by both front ends.
+        self.rate_limiter = rate_limiter_for(config.rate_limit)
         workers = max(4, os.cpu_count() or 1)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="mlp-onnxruntime")
         self._load_executor = ThreadPoolExecutor(1, thread_name_prefix="mlp-model-load")
@@ -274,10 +282,21 @@ class DataPlane:
             self._leave()
 
     def infer_in_thread(
-        self, name: str, version: str | None, request: InferRequest, protocol: str
+        self,
+        name: str,
+        version: str | None,
+        request: InferRequest,
+        protocol: str,
+        *,
+        timeout: float | None = None,
+        on_end: OnEndFn | None = None,
     ) -> InferResponse | None:
         """:meth:`infer` in the calling thread (not the loop's), or None where it must run on the
         loop: a model not ready (the loop says why), being unloaded, or a stop begun.
+
+        ``timeout`` (seconds) and ``on_end`` (grpc's ``context.add_callback``) withdraw the
+        request from the model's queue when its time runs out or its call ends before it ran
+        (see :meth:`DynamicBatcher.run_in_thread`).
 
         Thread-safe: the model comes from the repository's snapshot, onnxruntime sessions run in
         several threads at once, the batchers are thread-safe (this thread may lead batches that
@@ -292,7 +311,9 @@ class DataPlane:
                 return None
             with self._answered(entry, protocol):
                 feeds, names = self._validate(entry, request)
-                results = entry.runner.run_in_thread(feeds, names)
+                results = entry.runner.run_in_thread(
+                    feeds, names, timeout=timeout, on_end=on_end
+                )
                 return self._response(entry, request, names, results)
         finally:
             self._leave()
@@ -317,7 +338,7 @@ class DataPlane:
 
     async def _infer(self, entry: ModelVersion, request: InferRequest) -> InferResponse:
         feeds, names = self._validate(entry, request)
-        results = await entry.runner.submit(feeds, names)
+        results = await within(entry.runner.submit(feeds, names), self.config)
         return self._response(entry, request, names, results)
 
     @staticmethod

@@ -28,9 +28,11 @@ from mlp_serve._generated import mlp_inference_pb2 as pb
 from mlp_serve.auth import INFERENCE, authenticator_for
 from mlp_serve.config import ServeConfig
 from mlp_serve.dataplane import UNKNOWN_MODEL, DataPlane, status_label
+from mlp_serve.deadlines import grpc_timeout
 from mlp_serve.errors import InferenceError, InvalidInput, ModelNotFound
 from mlp_serve.grpc import codec
 from mlp_serve.grpc.loop_bridge import LoopBridge
+from mlp_serve.ratelimit import grpc_rate_limit_for
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 PROTOCOL = "grpc"
@@ -51,6 +53,8 @@ class InferenceServicer:
         self.dataplane = dataplane
         self.authenticator = authenticator_for(config)
         self.bridge = bridge
+        self.config = config
+        self.rate_limit = grpc_rate_limit_for(dataplane, self.authenticator)
 
     def generic_handler(self, pool: descriptor_pool.DescriptorPool) -> grpc.GenericRpcHandler:
         """Handlers for every method the service descriptor declares, under its full name."""
@@ -78,6 +82,8 @@ class InferenceServicer:
                 if needs_token:
                     self._authorize(context)
                 request = self._parse(method, request_class, body, context)
+                if self.rate_limit is not None:
+                    self.rate_limit.check(method, request, context)
                 return implementation(request, context)
             except InferenceError as exc:
                 code, details = _status_code(exc.grpc_code), _details(exc)
@@ -177,7 +183,14 @@ class InferenceServicer:
             self._count_rejected(request.model_name, request.model_version, exc, context)
             raise
         name, version = request.model_name, request.model_version or None
-        response = self.dataplane.infer_in_thread(name, version, decoded, PROTOCOL)
+        response = self.dataplane.infer_in_thread(
+            name,
+            version,
+            decoded,
+            PROTOCOL,
+            timeout=grpc_timeout(context, self.config),
+            on_end=context.add_callback,
+        )
         if response is None:  # not ready, unloading, or stopping: the loop answers
             response = self.bridge.run(
                 self.dataplane.infer(name, version, decoded, protocol=PROTOCOL), context

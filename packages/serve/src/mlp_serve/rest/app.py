@@ -23,7 +23,8 @@ from mlp_serve import __version__
 from mlp_serve.auth import ADMIN, ANY, INFERENCE, authenticator_for
 from mlp_serve.config import ServeConfig
 from mlp_serve.dataplane import DataPlane
-from mlp_serve.errors import InferenceError, ModelNotFound, QueueFull
+from mlp_serve.errors import InferenceError, ModelNotFound, QueueFull, RateLimited
+from mlp_serve.ratelimit import add_rest_rate_limit
 from mlp_serve.rest.codec import HEADER_LENGTH, decode_request, encode_response, parse_json
 from mlp_serve.rest.convenience import convenience_router
 from mlp_serve.rest.middleware import BodyLimit, RequestContext
@@ -61,6 +62,7 @@ def create_app(
         body, content_type = render(metrics_registry)
         return Response(body, media_type=content_type)
 
+    add_rest_rate_limit(app, dataplane, authenticator_for(config))
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -109,7 +111,7 @@ def _admin_auth(config: ServeConfig) -> Any:
 def error_response(exc: Exception) -> JSONResponse:
     if isinstance(exc, InferenceError):
         headers = {}
-        if isinstance(exc, QueueFull):
+        if isinstance(exc, (QueueFull, RateLimited)):
             headers["Retry-After"] = str(exc.retry_after_seconds)
         if exc.http_status == 401:
             headers["WWW-Authenticate"] = "Bearer"
