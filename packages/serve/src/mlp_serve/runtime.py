@@ -6,10 +6,17 @@ no GPU or no CUDA libraries, and asking for it then prints a coloured error befo
 to the CPU. Each model logs one line naming the provider its session really uses, read back from
 the session, and why it is not CUDA when CUDA was wanted. ``serve.device`` decides what happens
 when a GPU provider cannot start: ``auto`` falls back to the CPU, ``cuda`` refuses the model.
+
+Each model's intra-op threads and spinning come from :mod:`mlp_serve.threads` (the CPUs this
+process may use and the model's size, unless set), and one more line per model says what it got.
+The warm-up times a few runs: :attr:`ModelRuntime.run_seconds` tells the data plane whether a
+run is quick enough to do without a thread hop.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +38,7 @@ from mlp_obs.log import get_logger
 from mlp_serve.config import ServeConfig
 from mlp_serve.datatypes import from_onnx_type
 from mlp_serve.errors import BundleError
+from mlp_serve.threads import ThreadChoice, choose_threads, cpu_budget, model_bytes
 
 __all__ = ["CPU", "CUDA", "TENSORRT", "ModelRuntime", "ProviderChoice", "load_runtime"]
 
@@ -84,11 +92,14 @@ def select_providers(config: ServeConfig) -> ProviderChoice:
     return ProviderChoice(chosen, wanted[0], left_out)
 
 
-def session_options(config: ServeConfig) -> ort.SessionOptions:
+def session_options(config: ServeConfig, threads: ThreadChoice) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization_level]
-    options.intra_op_num_threads = config.intra_op_threads
+    options.intra_op_num_threads = threads.intra_op_threads
     options.inter_op_num_threads = config.inter_op_threads
+    spin = "1" if threads.spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     # Warnings about unused initializers and the like are for model authors, not server logs.
     options.log_severity_level = 3
     return options
@@ -118,6 +129,9 @@ class ModelRuntime:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     provider: str
+    threads: ThreadChoice | None = None
+    # The median time of a warm-up run (a batch of one); None before warmup() ran.
+    run_seconds: float | None = None
 
     @property
     def batchable(self) -> bool:
@@ -133,8 +147,9 @@ class ModelRuntime:
         # Dense outputs only: the servable types (datatypes.from_onnx_type) are all tensors.
         return {name: np.asarray(result) for name, result in zip(names, results)}
 
-    def warmup(self, dims: dict[str, list[int]] | None = None) -> None:
-        """Run a batch of one made of zeros (empty strings for BYTES).
+    def warmup(self, dims: dict[str, list[int]] | None = None, runs: int = 5) -> None:
+        """Run a batch of one made of zeros (empty strings for BYTES), ``runs`` times, and keep
+        the median time of the runs after the first (which allocates) in :attr:`run_seconds`.
 
         ``dims`` gives the shape to use for an input whose non-batch axes are variable (an
         image's height and width); other variable axes are 1.
@@ -147,6 +162,15 @@ class ModelRuntime:
             else:
                 feeds[tensor.name] = np.zeros(shape, dtype=to_numpy_dtype(tensor.datatype))
         self.run(feeds)
+        times = []
+        for _ in range(max(0, runs - 1)):
+            started = time.perf_counter()
+            self.run(feeds)
+            times.append(time.perf_counter() - started)
+            if times[-1] > 0.05:  # a slow model: its first timed run says enough
+                break
+        if times:
+            self.run_seconds = statistics.median(times)
 
 
 def load_runtime(path: str | Path, config: ServeConfig) -> ModelRuntime:
@@ -155,9 +179,12 @@ def load_runtime(path: str | Path, config: ServeConfig) -> ModelRuntime:
     With ``device: cuda`` a model that cannot run on a GPU provider is a ServingError.
     """
     choice = select_providers(config)
+    threads = choose_threads(
+        cpu_budget(), model_bytes(Path(path)), config.intra_op_threads, config.intra_op_spinning
+    )
     try:
         session = ort.InferenceSession(
-            str(path), session_options(config), providers=choice.providers
+            str(path), session_options(config, threads), providers=choice.providers
         )
         inputs = _signature(session.get_inputs())
         outputs = _signature(session.get_outputs())
@@ -165,7 +192,14 @@ def load_runtime(path: str | Path, config: ServeConfig) -> ModelRuntime:
         raise BundleError(f"{path}: onnxruntime cannot load it: {_first_line(exc)}") from exc
     provider = session.get_providers()[0]
     _report_provider(Path(path), config, choice, provider)
-    return ModelRuntime(session, inputs, outputs, provider)
+    model = _model_label(Path(path))
+    log.info(
+        f"{model}: onnxruntime {threads.describe()}",
+        model=model,
+        intra_op_threads=threads.intra_op_threads,
+        spinning=threads.spinning,
+    )
+    return ModelRuntime(session, inputs, outputs, provider, threads)
 
 
 def _report_provider(path: Path, config: ServeConfig, choice: ProviderChoice, got: str) -> None:

@@ -72,8 +72,9 @@ def create_app(
             expose_headers=EXPOSED_HEADERS,
         )
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
-    # Added last, so outermost: even a 413 or a CORS refusal gets a request id and a log line.
-    app.add_middleware(RequestContext)
+    # Added last, so outermost: even a 413 or a CORS refusal gets a request id (and an access
+    # line, when serve.access_log is on).
+    app.add_middleware(RequestContext, access_log=config.access_log)
     return app
 
 
