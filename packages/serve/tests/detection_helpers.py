@@ -3,8 +3,8 @@
 The model, built with ``onnx.helper``, has the shape of a YOLO head and a behaviour a test can
 predict: the ``images`` input ``[-1, 3, 64, 64]`` is cut into an 8 x 8 grid of 8-pixel cells;
 anchor ``row * 8 + col`` is a 16 x 16 box centred on its cell, and its three class scores
-(``red``, ``green``, ``blue``) are the cell's mean R, G and B. A coloured square on a black
-image is therefore detected where it is, with its colour as class. Two boxes of next cells
+(``red``, ``green``, ``blue``) are the cell's mean R, G and B less the least of the three (grey,
+the letterbox padding included, scores 0 everywhere). A coloured square on a black image is therefore detected where it is, with its colour as class. Two boxes of next cells
 overlap with IoU 1/3: kept at ``iou`` 0.7, the weaker suppressed at 0.3 when they share a class.
 
 Imported by name (``from detection_helpers import ...``), here and from the workspace tests.
@@ -65,15 +65,15 @@ def detection_model() -> onnx.ModelProto:
     xywh = numpy_helper.from_array(anchor_xywh()[None], "xywh")
     shape = numpy_helper.from_array(np.array([0, 3, ANCHORS], dtype=np.int64), "shape")
     zero = numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")
-    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
     nodes = [
         helper.make_node(
             "AveragePool", ["images"], ["pooled"], kernel_shape=[CELL, CELL], strides=[CELL, CELL]
         ),
-        helper.make_node("Reshape", ["pooled", "shape"], ["scores"]),
+        helper.make_node("Reshape", ["pooled", "shape"], ["means"]),
+        helper.make_node("ReduceMin", ["means"], ["least"], axes=[1], keepdims=1),
+        helper.make_node("Sub", ["means", "least"], ["scores"]),
         # xywh broadcast over the batch: [N, 1, A] zeros + [1, 4, A].
-        helper.make_node("ReduceSum", ["scores", "axes"], ["summed"], keepdims=1),
-        helper.make_node("Mul", ["summed", "zero"], ["zeros"]),
+        helper.make_node("Mul", ["least", "zero"], ["zeros"]),
         helper.make_node("Add", ["zeros", "xywh"], ["boxes"]),
         helper.make_node("Concat", ["boxes", "scores"], [RAW], axis=1),
     ]
@@ -82,7 +82,7 @@ def detection_model() -> onnx.ModelProto:
         "synthetic_yolo",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
         [helper.make_tensor_value_info(RAW, TensorProto.FLOAT, ["batch", 4 + 3, ANCHORS])],
-        initializer=[xywh, shape, zero, axes],
+        initializer=[xywh, shape, zero],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
@@ -94,7 +94,8 @@ def raw_head(images: np.ndarray) -> np.ndarray:
     """What the model computes, in numpy: ``[N, 7, 64]`` for ``images`` ``[N, 3, 64, 64]``."""
     count = images.shape[0]
     cells = images.reshape(count, 3, GRID, CELL, GRID, CELL).mean(axis=(3, 5))
-    scores = cells.reshape(count, 3, ANCHORS)
+    means = cells.reshape(count, 3, ANCHORS)
+    scores = means - means.min(axis=1, keepdims=True)
     boxes = np.broadcast_to(anchor_xywh()[None], (count, 4, ANCHORS))
     return np.concatenate([boxes, scores], axis=1).astype(np.float32)
 
