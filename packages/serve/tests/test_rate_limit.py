@@ -20,7 +20,7 @@ from serve_helpers import cpu_config, int_model, linear_model, write_bundle
 from tritonclient.utils import InferenceServerException
 
 from mlp_serve._generated import mlp_inference_pb2 as pb
-from mlp_serve.config import RateLimitConfig
+from mlp_serve.config import RateLimit, RateLimitConfig
 from mlp_serve.ratelimit import RateLimiter, peer_address
 from mlp_serve.server import BackgroundServer
 
@@ -39,7 +39,7 @@ class Clock:
 
 def test_a_bucket_allows_its_burst_then_refills_at_its_rate_and_models_have_their_own():
     clock = Clock()
-    config = RateLimitConfig(rate=2, burst=3, models={"big": {"rate": 0.5}})
+    config = RateLimitConfig(rate=2, burst=3, models={"big": RateLimit(rate=0.5)})
     limiter = RateLimiter(config, clock=clock)
     assert [limiter.wait("a", "m") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert limiter.wait("a", "m") == pytest.approx(0.5)  # one token at 2/s
@@ -56,7 +56,7 @@ def test_a_bucket_allows_its_burst_then_refills_at_its_rate_and_models_have_thei
 
 
 def test_only_models_listed_are_limited_when_no_server_wide_rate_is_set():
-    limiter = RateLimiter(RateLimitConfig(models={"m": {"rate": 1, "burst": 1}}), clock=Clock())
+    limiter = RateLimiter(RateLimitConfig(models={"m": RateLimit(rate=1, burst=1)}), clock=Clock())
     assert limiter.budget_of("other") is None
     assert all(limiter.wait("a", "other") == 0.0 for _ in range(50))
     assert limiter.wait("a", "m") == 0.0 and limiter.wait("a", "m") > 0
@@ -108,7 +108,9 @@ def _rate_limited_count(url: str, model: str, protocol: str) -> float:
 def test_rest_over_the_limit_gets_429_with_retry_after_and_health_and_metrics_never_do(limited):
     url = limited.http_url
     with httpx.Client(base_url=url) as client:
-        assert [client.post("/v2/models/linear/infer", json=BODY).status_code for _ in range(2)] == [
+        assert [
+            client.post("/v2/models/linear/infer", json=BODY).status_code for _ in range(2)
+        ] == [
             200,
             200,
         ]
@@ -149,13 +151,14 @@ def test_grpc_over_the_limit_gets_resource_exhausted_with_a_retry_after_trailer(
         error = caught.value
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
         assert "rate limit" in error.details()  # type: ignore[attr-defined]
-        trailers = dict(error.trailing_metadata())  # type: ignore[attr-defined]
+        trailers = {k: v for k, v in error.trailing_metadata()}  # type: ignore[attr-defined]
         assert trailers["retry-after"] == "100"
         # Liveness and readiness never limited.
         for _ in range(5):
-            assert raw_call(channel, "ServerLive", b"") == pb.ServerLiveResponse(
-                live=True
-            ).SerializeToString()
+            assert (
+                raw_call(channel, "ServerLive", b"")
+                == pb.ServerLiveResponse(live=True).SerializeToString()
+            )
     with triton_grpc.InferenceServerClient(address) as client:
         with pytest.raises(InferenceServerException) as refused:
             client.get_model_metadata("linear")
