@@ -13,6 +13,7 @@ tests and embedded uses keep their own; production code uses the module's :data:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -279,7 +280,8 @@ class InferenceMetrics:
         # Zeroed first: in multiprocess mode remove() forgets the series in this process only,
         # and the value already written to the shared file would still say 1.
         self.model_info.labels(model, version, provider).set(0)
-        self.model_info.remove(model, version, provider)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # there: unsupported, with a warning
+            self.model_info.remove(model, version, provider)
 
 
 class SystemCollector(Collector):

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -27,6 +27,9 @@ from mlp_serve.config import ServeConfig
 from mlp_serve.dataplane import DataPlane
 from mlp_serve.grpc.server import GrpcServer, create_grpc_server, stop_grpc_server
 from mlp_serve.rest.app import create_app
+
+if TYPE_CHECKING:
+    from mlp_serve.workers.worker import WorkerHooks
 
 log = get_logger(__name__)
 
@@ -68,25 +71,33 @@ async def serve_async(
     drain_seconds: float = DRAIN_SECONDS,
     handle_signals: bool = True,
     freeze_gc: bool = False,
+    worker: WorkerHooks | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``handle_signals``), then drain.
 
     ``freeze_gc`` (for a process that only serves, as ``mlp serve`` is) takes everything loaded
     at startup out of the garbage collector's sight: see :func:`freeze_startup_objects`.
+    ``worker``: this process is one of ``mlp serve --workers N`` (:mod:`mlp_serve.workers`).
     """
     stop = stop or asyncio.Event()
     registry = CollectorRegistry()
-    register_system_metrics(registry)
+    if worker is None:
+        register_system_metrics(registry)
+    # A worker's /metrics shows every worker's families (prometheus_client's multiprocess mode).
+    exposed = registry if worker is None else worker.metrics_registry()
     dataplane = DataPlane(repository, config, InferenceMetrics(registry))
     rest: _Uvicorn | None = None
     rest_task: asyncio.Task | None = None
     grpc_server: GrpcServer | None = None
     try:
         await dataplane.start()
-        sock = _bind(config.host, config.http_port)
+        if worker is not None:
+            await worker.attach(dataplane, stop)
+        reuse_port = worker is not None and worker.reuse_port
+        sock = _bind(config.host, config.http_port, reuse_port=reuse_port)
         rest = _Uvicorn(
             uvicorn.Config(
-                create_app(dataplane, config, registry),
+                create_app(dataplane, config, exposed),
                 log_config=None,  # mlp_obs owns logging; uvicorn's records go through it
                 access_log=False,  # RequestContext logs each request with its id
                 lifespan="off",
@@ -94,7 +105,7 @@ async def serve_async(
                 server_header=False,
             )
         )
-        grpc_server = await _start_grpc(dataplane, config)
+        grpc_server = await _start_grpc(dataplane, config, reuse_port=reuse_port)
         rest_task = asyncio.get_running_loop().create_task(rest.serve(sockets=[sock]))
         while not rest.started:
             if rest_task.done():
@@ -122,6 +133,8 @@ async def serve_async(
             _stop_grpc(grpc_server, drain_seconds),
             dataplane.stop(drain_seconds),
         )
+        if worker is not None:
+            await worker.close()
         log.info("server stopped")
 
 
@@ -218,13 +231,15 @@ class BackgroundServer:
         self._ready.set()
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on accepted sockets whose proto says
     # TCP, and with proto 0 Nagle's algorithm would hold each response's body behind its headers
     # until the client's delayed ACK (40 ms per request on Linux).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # one of several workers on this port: the kernel spreads the connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -240,8 +255,10 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _start_grpc(dataplane: DataPlane, config: ServeConfig) -> GrpcServer:
-    server = create_grpc_server(dataplane, config)
+async def _start_grpc(
+    dataplane: DataPlane, config: ServeConfig, *, reuse_port: bool = False
+) -> GrpcServer:
+    server = create_grpc_server(dataplane, config, reuse_port=reuse_port)
     await server.start()
     return server
 

@@ -18,6 +18,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 picks one)")
     parser.add_argument("--config", help="YAML file with a serve: section, or a bare one")
     parser.add_argument(
+        "--workers",
+        metavar="N",
+        help="server processes behind the same ports, each with its own copy of the models "
+        "(Linux; default 1: this process serves; 0 or 'auto': one per usable CPU)",
+    )
+    parser.add_argument(
         "--model",
         action="append",
         dest="models",
@@ -56,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     overrides = list(args.overrides)
-    for key in ("host", "http_port", "grpc_port"):
+    for key in ("host", "http_port", "grpc_port", "workers"):
         value = getattr(args, key)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -72,6 +78,17 @@ def run(args: argparse.Namespace) -> int:
         raise ServingError(
             f"model repository {repository} is not a folder",
             hint="Pass a folder laid out as REPO/<model>/<version>/model.onnx (mlp export writes one).",
+        )
+    from mlp_serve.workers import resolve_workers, serve_workers
+
+    workers = resolve_workers(config.workers)
+    if workers > 1:
+        return serve_workers(
+            repository,
+            config,
+            workers,
+            drain_seconds=args.drain_seconds,
+            log_level=args.log_level,
         )
     from mlp_serve.server import serve
 

@@ -51,13 +51,18 @@ def service_pool() -> descriptor_pool.DescriptorPool:
 
 
 def create_grpc_server(
-    dataplane: DataPlane, config: ServeConfig, *, reflection_enabled: bool = True
+    dataplane: DataPlane,
+    config: ServeConfig,
+    *,
+    reflection_enabled: bool = True,
+    reuse_port: bool = False,
 ) -> GrpcServer:
     """A gRPC server bound to ``config.host:config.grpc_port``, not yet started.
 
     The port actually bound (``grpc_port`` 0 picks a free one) is ``server.mlp_port``; the
     health servicer is ``server.mlp_health`` (see :func:`stop_grpc_server`). Call from the
     event loop that will run the data plane: the calls' threads hand their work to it.
+    ``reuse_port``: one of several workers sharing the port (``mlp serve --workers N``).
     """
     bridge = LoopBridge(asyncio.get_running_loop())
     limit = config.grpc_max_message_bytes
@@ -68,8 +73,9 @@ def create_grpc_server(
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             # grpc enables SO_REUSEPORT by default: a second server on a busy port would bind
-            # "successfully" and share its traffic. A busy port must be an error instead.
-            ("grpc.so_reuseport", 0),
+            # "successfully" and share its traffic. A busy port must be an error instead,
+            # except among the workers of one `mlp serve --workers N`, which share it on purpose.
+            ("grpc.so_reuseport", int(reuse_port)),
         ],
     )
     pool = service_pool()
