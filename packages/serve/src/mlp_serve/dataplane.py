@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +51,9 @@ from mlp_serve.repository import ModelRepository, ModelVersion
 from mlp_serve.runtime import ModelRuntime
 from mlp_serve.types import InferRequest, InferResponse, ModelMetadata, Tensor
 from mlp_serve.validation import validate_inputs, validate_outputs
+
+if TYPE_CHECKING:
+    from mlp_serve.workers.admin import SharedAdmin
 
 log = get_logger(__name__)
 
@@ -118,6 +121,9 @@ class DataPlane:
         self._idle = threading.Event()
         self._idle.set()
         self._poller: asyncio.Task | None = None
+        # A worker of `mlp serve --workers N` sets this: admin load/unload then reach every
+        # worker (mlp_serve.workers.admin.SharedAdmin).
+        self.admin: SharedAdmin | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -256,10 +262,16 @@ class DataPlane:
         return self.repository.index()
 
     async def load_model(self, name: str) -> None:
-        await self.repository.load(name)
+        if self.admin is not None:
+            await self.admin.load(name)
+        else:
+            await self.repository.load(name)
 
     async def unload_model(self, name: str) -> None:
-        await self.repository.unload(name)
+        if self.admin is not None:
+            await self.admin.unload(name)
+        else:
+            await self.repository.unload(name)
 
     # -- inference -------------------------------------------------------------------------
 
