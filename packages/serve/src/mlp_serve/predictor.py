@@ -253,6 +253,31 @@ class Predictor:
         response = self._infer(entry, InferRequest(inputs=inputs))
         return {t.name: np.asarray(t.data) for t in response.outputs}
 
+    def predict_table(self, table: Any) -> Any:
+        """Predictions for a pyarrow ``Table`` or ``RecordBatch`` of raw feature columns, as a
+        pyarrow Table in the same row order: ``label`` and one ``probability_<class>`` column per
+        class (classification) or ``value`` (regression), what :meth:`predict` gives for the
+        same rows. Columns the model does not take are ignored; see :mod:`mlp_serve.tables`.
+
+        Runs of at most the model's ``max_batch_size`` rows (the config's ``batching``); needs
+        pyarrow (``mlp-serve[parquet]``).
+        """
+        tables = import_tables()
+        import pyarrow as pa
+
+        from mlp_serve.rows import feature_schema_of
+
+        entry = self._entry()
+        schema = feature_schema_of(self._name, entry.manifest, TENSORS_HINT)
+        inputs, outputs = _names(entry.runtime.inputs), _names(entry.runtime.outputs)
+        step = entry.max_batch_size or table.num_rows or 1
+        parts = []
+        for start in range(0, max(table.num_rows, 1), step):
+            request = tables.table_request(schema, table.slice(start, step), inputs, outputs)
+            response = self._infer(entry, request)
+            parts.append(pa.table(tables.prediction_columns(response, _class_labels(entry))))
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
     def _single_input(self, array: np.ndarray) -> dict[str, np.ndarray]:
         names = _names(self._entry().runtime.inputs)
         if len(names) != 1:
@@ -306,6 +331,21 @@ class Predictor:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"version {self.version}"
         return f"Predictor({self._name!r}, {state})"
+
+
+def import_tables() -> Any:
+    """:mod:`mlp_serve.tables`, or the extra to install when pyarrow is missing."""
+    try:
+        from mlp_serve import tables
+    except ModuleNotFoundError as exc:
+        if exc.name != "pyarrow":
+            raise
+        from mlp_core.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            "predicting from Parquet or CSV tables (pyarrow)", "mlp-serve[parquet]"
+        ) from None
+    return tables
 
 
 class _LoopThread:

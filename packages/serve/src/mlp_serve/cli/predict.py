@@ -1,4 +1,6 @@
-"""`mlp predict`: send rows (CSV or JSON) or an image to a running server, over REST or gRPC.
+"""`mlp predict`: send rows (CSV or JSON) or an image to a running server, over REST or gRPC,
+or run the model in this process (``--local BUNDLE``), where ``--input`` streams a Parquet or
+CSV file bigger than memory into ``--output`` (see :mod:`mlp_serve.batch_predict`).
 
 REST uses the people-facing endpoints (``/v1/models/{m}/predict`` and ``.../predict/image``).
 gRPC speaks the Open Inference Protocol: the client reads the model's feature schema (or image
@@ -23,31 +25,131 @@ SERVICE = "/inference.GRPCInferenceService/"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model name in the server's repository")
+    parser.add_argument("model", help="model name in the server's (or --local's) repository")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", type=Path, help="a CSV file of raw feature rows (with a header)")
     source.add_argument("--json", help='JSON rows: a file, or inline text [{"col": value}, ...]')
     source.add_argument("--image", type=Path, help="a JPEG or PNG for an image model")
+    source.add_argument(
+        "--input",
+        type=Path,
+        help="a Parquet or CSV file of raw feature rows, streamed in chunks into --output "
+        "(with --local; needs mlp-serve[parquet])",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", default=None, help="REST base URL (default http://127.0.0.1:8000)")
     where.add_argument("--grpc", metavar="HOST:PORT", help="use gRPC at this address instead")
+    where.add_argument(
+        "--local",
+        type=Path,
+        metavar="BUNDLE",
+        help="no server: run the model in this process from a bundle folder, or from a "
+        "repository holding MODEL",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="where --input's predictions go, row for row (.parquet or .csv)",
+    )
     parser.add_argument("--version", default=None, help="model version (default: the newest)")
     parser.add_argument("--token", default=None, help="bearer token, if the server wants one")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=64,
-        help="rows per request; keep within the model's max_batch_size (default 64)",
+        default=None,
+        help="rows per request; keep within the model's max_batch_size (default 64); with "
+        f"--local, rows per chunk read and per run (default {LOCAL_BATCH_ROWS})",
     )
 
 
+LOCAL_BATCH_ROWS = 4096
+REMOTE_BATCH_ROWS = 64
+
+
 def run(args: argparse.Namespace) -> int:
-    for option, path in (("--csv", args.csv), ("--image", args.image)):
+    for option, path in (("--csv", args.csv), ("--image", args.image), ("--input", args.input)):
         if path is not None and not path.is_file():
             raise ServingError(f"{option} {path}: no such file")
+    if args.output is not None and args.input is None:
+        raise ServingError("--output goes with --input: it is where a file's predictions go")
+    if args.input is not None and (args.local is None or args.output is None):
+        raise ServingError(
+            "--input streams a file through the model in this process: give --local BUNDLE "
+            "and --output FILE too",
+            hint="mlp predict MODEL --local REPO --input rows.parquet --output preds.parquet",
+        )
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ServingError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.local is not None:
+        return _local_predict(args)
+    args.batch_size = args.batch_size or REMOTE_BATCH_ROWS
     predictions = _grpc_predict(args) if args.grpc else _rest_predict(args)
     print(json.dumps({"predictions": predictions}, indent=2))
+    return 0
+
+
+# -- in this process ---------------------------------------------------------------------
+
+
+def _local_predict(args: argparse.Namespace) -> int:
+    import os
+
+    from mlp_obs.log import LEVEL_ENV, configure_logging
+    from mlp_serve.config import BatchingConfig, ServeConfig
+    from mlp_serve.predictor import Predictor, import_tables
+
+    # On stderr, and quiet unless asked: stdout is the predictions' JSON, and the loading
+    # lines a server logs (provider, threads, ready) are noise to a one-off prediction.
+    quiet = None if os.environ.get(LEVEL_ENV) else "WARNING"
+    configure_logging("DEBUG" if getattr(args, "debug", False) else quiet)
+    if args.input is not None:
+        import_tables()  # pyarrow, or the extra to install, before a model is loaded
+    batch_rows = args.batch_size or LOCAL_BATCH_ROWS
+    # One run per chunk: the batch limit is the chunk's size, and nobody else shares the model.
+    config = ServeConfig(
+        poll_seconds=None, batching=BatchingConfig(enabled=False, max_batch_size=batch_rows)
+    )
+    bundle = args.local
+    if (bundle / "model.onnx").is_file():
+        if args.version is not None:
+            raise ServingError(f"--version goes with a repository; {bundle} is one version")
+        predictor = Predictor.load(bundle, config=config)
+    elif bundle.is_dir():
+        predictor = Predictor.load(bundle, args.model, version=args.version, config=config)
+    else:
+        raise ServingError(f"--local {bundle}: no such bundle folder or model repository")
+    with predictor:
+        if args.input is not None:
+            return _predict_file(predictor, args, batch_rows)
+        if args.image is not None:
+            predictions = predictor.predict([args.image])
+        else:
+            rows = read_rows(args)
+            if args.csv is not None:
+                schema = predictor.manifest.feature_schema if predictor.manifest else None
+                if schema is None:
+                    raise ServingError(f"model {args.model!r} lists no feature schema")
+                rows = typed_rows(rows, schema)
+            predictions = [
+                p for chunk in _chunks(rows, batch_rows) for p in predictor.predict(chunk)
+            ]
+    print(json.dumps({"predictions": predictions}, indent=2))
+    return 0
+
+
+def _predict_file(predictor: Any, args: argparse.Namespace, batch_rows: int) -> int:
+    from mlp_serve.batch_predict import Progress, predict_file
+
+    summary = predict_file(
+        predictor, args.input, args.output, batch_rows=batch_rows, progress=Progress()
+    )
+    print(
+        f"mlp predict: {summary.rows:,} rows in {summary.seconds:.1f} s "
+        f"({summary.rows_per_second:,.0f} rows/s) -> {summary.output}",
+        file=sys.stderr,
+    )
+    print(json.dumps({"rows": summary.rows, "output": str(summary.output)}))
     return 0
 
 
@@ -208,6 +310,8 @@ def _grpc_predict(args: argparse.Namespace) -> list[dict]:
             pb.ModelConfigResponse,
         ).config
         params = {key: value.string_value for key, value in config.parameters.items()}
+        if args.image is not None and "detection" in params:
+            return _grpc_detect(args, call, meta.inputs[0].name, params)
         input_names = [tensor.name for tensor in meta.inputs]
         output_names = [tensor.name for tensor in meta.outputs]
         if args.image is not None:
@@ -232,6 +336,23 @@ def _grpc_predict(args: argparse.Namespace) -> list[dict]:
     return predictions
 
 
+def _grpc_detect(args: argparse.Namespace, call: Any, input_name: str, params: dict) -> list:
+    """A detection model's boxes for ``--image``, in its pixels (as the REST endpoint answers)."""
+    from mlp_serve._generated import mlp_inference_pb2 as pb
+    from mlp_serve.detection_images import detection_images_request, format_detections
+    from mlp_serve.grpc.codec import decode_infer_response, encode_infer_request
+    from mlp_serve.images import eval_spec
+
+    spec = eval_spec(json.loads(params["preprocessing"]))
+    request, _, letterboxes = detection_images_request(
+        spec, input_name, [(args.image.read_bytes(), str(args.image))]
+    )
+    message = encode_infer_request(args.model, request, args.version or "")
+    reply = call("ModelInfer", message, pb.ModelInferResponse)
+    labels = json.loads(params.get("class_labels") or "[]")
+    return format_detections(decode_infer_response(reply), letterboxes, labels)
+
+
 def _serialize(message: Any) -> bytes:
     return message.SerializeToString()
 
@@ -250,7 +371,8 @@ def _image_request(path: Path, params: dict[str, Any]) -> Any:
 
 
 predict_command = Command(
-    help="send rows (CSV/JSON) or an image to a running server over REST or gRPC",
+    help="send rows (CSV/JSON) or an image to a running server over REST or gRPC, or run a "
+    "bundle in this process (--local), streaming big Parquet/CSV files (--input/--output)",
     configure=configure,
     run=run,
 )
