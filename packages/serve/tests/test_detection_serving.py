@@ -7,6 +7,7 @@ The bundle is the synthetic model of detection_helpers: its detections are known
 
 from __future__ import annotations
 
+import argparse
 import ast
 import io
 import json
@@ -33,6 +34,7 @@ from test_batching import batch_sizes
 from tritonclient.utils import InferenceServerException
 
 from mlp_core.image_spec import ImageEvalSpec
+from mlp_serve.cli import predict
 from mlp_serve.config import BatchingConfig
 from mlp_serve.detection import detection_outputs
 from mlp_serve.server import BackgroundServer
@@ -389,3 +391,18 @@ def test_a_broken_detection_bundle_is_refused_with_the_reason(tmp_path):
         "the raw head output0 has 7 channels, but the manifest names 4 classes" in reasons["four"]
     )
     assert "preprocessing must be a letterbox spec, not 'resize_crop'" in reasons["squash"]
+
+
+# -- mlp predict -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_mlp_predict_prints_the_boxes_of_an_image(server, transport, tmp_path, capsys):
+    path = tmp_path / "wide.png"
+    wide_image().save(path)
+    parser = argparse.ArgumentParser()
+    predict.configure(parser)
+    where = ["--url", server.http_url] if transport == "rest" else ["--grpc", grpc_address(server)]
+    assert predict.run(parser.parse_args(["shapes", "--image", str(path), *where])) == 0
+    [found] = json.loads(capsys.readouterr().out)["predictions"]
+    assert_detections(found, expected_upload(wide_image()))

@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mlp_core.image_spec import Letterbox
+from mlp_core.image_spec import ImageEvalSpec, Letterbox
 from mlp_serve.detection import (
     DETECTION_BOXES,
     DETECTION_CLASSES,
     DETECTION_SCORES,
     NUM_DETECTIONS,
 )
-from mlp_serve.detection_model import DetectionModel
 from mlp_serve.errors import InvalidInput
 from mlp_serve.images import decode_image
 from mlp_serve.types import InferRequest, InferResponse, RequestedOutput, Tensor
@@ -42,22 +41,24 @@ _PALETTE = (
 
 
 def detection_images_request(
-    model: DetectionModel,
+    spec: ImageEvalSpec,
+    input_name: str,
     images: Sequence[tuple[bytes | Image.Image, str]],
     parameters: Mapping[str, Any] | None = None,
 ) -> tuple[InferRequest, list[Image.Image], list[Letterbox]]:
-    """One batch of letterboxed images (encoded bytes, or decoded already, with what each is
-    for errors), the decoded images, and where each landed in the model input."""
+    """One batch of images (encoded bytes, or decoded already, with what each is for errors)
+    letterboxed by ``spec`` into the input ``input_name``; the decoded images; and where each
+    landed in the model input. ``parameters`` go with the request (thresholds)."""
     if not images:
         raise InvalidInput("no image given")
     decoded, boxes, arrays = [], [], []
     for image, what in images:
         picture = decode_image(image, what) if isinstance(image, bytes) else image
         decoded.append(picture)
-        boxes.append(model.spec.letterbox(picture.height, picture.width))
-        arrays.append(model.spec.apply(picture))
+        boxes.append(spec.letterbox(picture.height, picture.width))
+        arrays.append(spec.apply(picture))
     batch = np.stack(arrays)
-    name = model.image_input.name
+    name = input_name
     request = InferRequest(
         inputs=[Tensor(name, "FP32", list(batch.shape), batch)],
         outputs=[RequestedOutput(output) for output in _OUTPUTS],

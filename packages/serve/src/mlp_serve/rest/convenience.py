@@ -163,11 +163,15 @@ async def _detect(
     assert entry.detection is not None
     if render and len(images) != 1:
         raise InvalidInput(f"render=true draws one image; {len(images)} were uploaded")
+    detection = entry.detection
     infer_request, decoded, letterboxes = detection_images_request(
-        entry.detection, images, {k: v for k, v in thresholds.items() if v is not None}
+        detection.spec,
+        detection.image_input.name,
+        images,
+        {k: v for k, v in thresholds.items() if v is not None},
     )
     response = await dataplane.infer(entry.name, str(entry.version), infer_request, PROTOCOL)
-    found = format_detections(response, letterboxes, entry.detection.class_labels)
+    found = format_detections(response, letterboxes, detection.class_labels)
     if render:
         return Response(render_png(decoded[0], found[0]), media_type="image/png")
     return {"predictions": found}
