@@ -26,7 +26,9 @@ from mlp_obs.metrics import CollectorRegistry, InferenceMetrics, register_system
 from mlp_serve.config import ServeConfig
 from mlp_serve.dataplane import DataPlane
 from mlp_serve.grpc.server import GrpcServer, create_grpc_server, stop_grpc_server
+from mlp_serve.http_limits import uvicorn_options
 from mlp_serve.rest.app import create_app
+from mlp_serve.tls import check_tls, tls_enabled
 
 if TYPE_CHECKING:
     from mlp_serve.workers.worker import WorkerHooks
@@ -41,10 +43,11 @@ class BoundPorts:
     host: str
     http_port: int
     grpc_port: int
+    tls: bool = False  # both front ends speak TLS (serve.tls)
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.http_port}"
 
     @property
     def grpc_address(self) -> str:
@@ -80,6 +83,7 @@ async def serve_async(
     ``worker``: this process is one of ``mlp serve --workers N`` (:mod:`mlp_serve.workers`).
     """
     stop = stop or asyncio.Event()
+    check_tls(config.tls)  # a bad certificate or key stops us before any model loads
     registry = CollectorRegistry()
     if worker is None:
         register_system_metrics(registry)
@@ -103,6 +107,7 @@ async def serve_async(
                 lifespan="off",
                 timeout_graceful_shutdown=int(drain_seconds),
                 server_header=False,
+                **uvicorn_options(config),  # header, keep-alive and concurrency limits; TLS
             )
         )
         grpc_server = await _start_grpc(dataplane, config, reuse_port=reuse_port)
@@ -112,7 +117,9 @@ async def serve_async(
                 await rest_task  # startup failed: surface why
                 raise RuntimeError("the REST server stopped during startup")
             await asyncio.sleep(0.01)
-        ports = BoundPorts(config.host, sock.getsockname()[1], grpc_server.mlp_port)
+        ports = BoundPorts(
+            config.host, sock.getsockname()[1], grpc_server.mlp_port, tls=tls_enabled(config.tls)
+        )
         if freeze_gc:
             freeze_startup_objects()
         print(ports.describe(), flush=True)

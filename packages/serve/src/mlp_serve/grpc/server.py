@@ -31,6 +31,7 @@ from mlp_serve.dataplane import DataPlane
 from mlp_serve.grpc.health import HEALTH_SERVICE_NAME, HealthServicer
 from mlp_serve.grpc.inference import SERVICE_NAME, InferenceServicer
 from mlp_serve.grpc.loop_bridge import LoopBridge
+from mlp_serve.tls import grpc_server_credentials
 
 # Threads answering calls. A call waits for its batch in its thread; requests beyond them wait in
 # grpc's queue, not in the batcher, so this bounds how many gRPC requests one batch can merge.
@@ -76,6 +77,9 @@ def create_grpc_server(
             # "successfully" and share its traffic. A busy port must be an error instead,
             # except among the workers of one `mlp serve --workers N`, which share it on purpose.
             ("grpc.so_reuseport", int(reuse_port)),
+            # Request metadata (headers) above it: refused with RESOURCE_EXHAUSTED.
+            ("grpc.max_metadata_size", config.grpc_max_metadata_bytes),
+            ("grpc.absolute_max_metadata_size", config.grpc_max_metadata_bytes),
         ],
     )
     pool = service_pool()
@@ -90,7 +94,11 @@ def create_grpc_server(
     host = f"[{config.host}]" if ":" in config.host else config.host
     address = f"{host}:{config.grpc_port}"
     try:
-        port = server.add_insecure_port(address)
+        credentials = grpc_server_credentials(config.tls)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         port, reason = 0, str(exc)
     else:
