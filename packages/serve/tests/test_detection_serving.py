@@ -396,13 +396,17 @@ def test_a_broken_detection_bundle_is_refused_with_the_reason(tmp_path):
 # -- mlp predict -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", ["rest", "grpc"])
+@pytest.mark.parametrize("transport", ["rest", "grpc", "local"])
 def test_mlp_predict_prints_the_boxes_of_an_image(server, transport, tmp_path, capsys):
     path = tmp_path / "wide.png"
     wide_image().save(path)
     parser = argparse.ArgumentParser()
     predict.configure(parser)
-    where = ["--url", server.http_url] if transport == "rest" else ["--grpc", grpc_address(server)]
+    where = {
+        "rest": ["--url", server.http_url],
+        "grpc": ["--grpc", grpc_address(server)],
+        "local": ["--local", str(server.repository)],  # the in-process Predictor
+    }[transport]
     assert predict.run(parser.parse_args(["shapes", "--image", str(path), *where])) == 0
     [found] = json.loads(capsys.readouterr().out)["predictions"]
     assert_detections(found, expected_upload(wide_image()))

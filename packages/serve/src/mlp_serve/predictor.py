@@ -220,17 +220,33 @@ class Predictor:
         response = self._infer(entry, request)
         return format_predictions(response, _class_labels(entry))
 
-    def _predict_images(self, images: list[Any]) -> list[dict]:
+    def _predict_images(self, images: list[Any]) -> list[Any]:
         from mlp_serve.images import image_spec_of, images_request
         from mlp_serve.rows import format_predictions
 
         entry = self._entry()
+        if entry.detection is not None:
+            return self._detect(entry, images)
         spec = image_spec_of(self._name, entry.manifest, TENSORS_HINT)
         request = images_request(
             spec, [_image_source(i, n) for n, i in enumerate(images)], _names(entry.runtime.outputs)
         )
         response = self._infer(entry, request)
         return format_predictions(response, _class_labels(entry))
+
+    def _detect(self, entry: ModelVersion, images: list[Any]) -> list[list[dict]]:
+        """A detection bundle's boxes per image, ``[{box, score, class_id, label}]`` in that
+        image's pixels, as the upload endpoint answers (the bundle's default thresholds)."""
+        from mlp_serve.detection_images import detection_images_request, format_detections
+
+        detection = entry.detection
+        assert detection is not None
+        sources = [_image_source(i, n) for n, i in enumerate(images)]
+        request, _, letterboxes = detection_images_request(
+            detection.spec, detection.image_input.name, sources
+        )
+        response = self._infer(entry, request)
+        return format_detections(response, letterboxes, detection.class_labels)
 
     def _predict_tensors(self, tensors: Mapping[Any, Any]) -> dict[str, np.ndarray]:
         from mlp_core.tensors import from_numpy_dtype
