@@ -9,6 +9,7 @@ the server down.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -27,6 +28,7 @@ from mlp_serve.errors import InferenceError, ModelNotFound, QueueFull, RateLimit
 from mlp_serve.ratelimit import add_rest_rate_limit
 from mlp_serve.rest.codec import HEADER_LENGTH, decode_request, encode_response, parse_json
 from mlp_serve.rest.convenience import convenience_router
+from mlp_serve.rest.fast_infer import FastInferRoute
 from mlp_serve.rest.middleware import BodyLimit, RequestContext
 from mlp_serve.types import ModelMetadata
 
@@ -54,6 +56,9 @@ def create_app(
     app.include_router(_model_router(dataplane, config))
     app.include_router(_repository_router(dataplane, config))
     app.include_router(convenience_router(dataplane, inference_auth(config)))
+    # Inference first, in plain ASGI (FastAPI's infer route below stays for the OpenAPI doc).
+    check = bearer_checker(config, INFERENCE, "this endpoint")
+    app.router.routes.insert(0, FastInferRoute(dataplane, check, error_response, PROTOCOL))
 
     metrics_registry = registry if registry is not None else dataplane.registry
 
@@ -81,19 +86,29 @@ def create_app(
 # -- auth ------------------------------------------------------------------------------------
 
 
-def _bearer_check(config: ServeConfig, scope: str, what: str) -> Any:
+def bearer_checker(config: ServeConfig, scope: str, what: str) -> Callable[[str], None]:
+    """A check of an Authorization header's value for ``scope``; raises the auth error."""
     authenticator = authenticator_for(config)
 
-    # Async although it awaits nothing: FastAPI runs a plain `def` dependency in its thread
-    # pool, a thread hop per request (and per router that declares it) for a header compare.
-    async def check(request: Request) -> None:
+    def check(authorization: str) -> None:
         authenticator.check(
-            request.headers.get("authorization", ""),
+            authorization,
             scope,
             missing=f"{what} needs the header 'Authorization: Bearer <token>'",
             wrong=f"{what} needs a valid token in 'Authorization: Bearer <token>'",
             hint="Ask the server's operator for the token.",
         )
+
+    return check
+
+
+def _bearer_check(config: ServeConfig, scope: str, what: str) -> Any:
+    check_header = bearer_checker(config, scope, what)
+
+    # Async although it awaits nothing: FastAPI runs a plain `def` dependency in its thread
+    # pool, a thread hop per request (and per router that declares it) for a header compare.
+    async def check(request: Request) -> None:
+        check_header(request.headers.get("authorization", ""))
 
     return Depends(check)
 

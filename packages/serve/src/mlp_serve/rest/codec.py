@@ -5,6 +5,12 @@ extension): the ``Inference-Header-Content-Length`` header then gives the JSON's
 each input with ``parameters.binary_data_size`` takes that many bytes of the rest, in the order
 of the inputs. A response puts an output in binary the same way when the request asks for it
 (``binary_data`` on the requested output, or ``binary_data_output`` on the request).
+
+JSON goes through orjson (several times faster than the standard library both ways, which
+matters at thousands of requests a second); what orjson refuses and the standard library takes
+(``NaN``/``Infinity`` literals, integers beyond 64 bits, non-finite outputs) falls back to
+:mod:`json`, so every document carries the values it did before (the text may differ:
+``1e-7`` for ``1e-07``, non-ASCII characters as UTF-8 rather than escaped).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import math
 from typing import Any
 
 import numpy as np
+import orjson
 
 from mlp_core.tensors import DATATYPES, to_numpy_dtype
 from mlp_serve.errors import InvalidInput
@@ -88,7 +95,7 @@ def encode_response(response: InferResponse, request: InferRequest) -> tuple[byt
         document["id"] = response.id
     if response.parameters:
         document["parameters"] = response.parameters
-    header = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    header = dump_json(document)
     if not chunks:
         return header, {"content-type": JSON_TYPE}
     return b"".join([header, *chunks]), {
@@ -117,12 +124,37 @@ def parse_json(data: bytes) -> dict[str, Any]:
     if not data.strip():
         raise InvalidInput("the request body is empty; expected a JSON inference request")
     try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # NaN/Infinity literals or huge integers, which json takes; else json's error message.
+        try:
+            document = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidInput("the request body must be a JSON object with an 'inputs' list")
     return document
+
+
+def dump_json(document: Any) -> bytes:
+    """Compact JSON as :func:`json.dumps` writes it (NaN stays NaN, not orjson's null)."""
+    try:
+        data = orjson.dumps(document)
+    except TypeError:  # a type orjson does not write: json says what it thinks of it
+        return json.dumps(document, separators=(",", ":")).encode("utf-8")
+    if b"null" in data and _has_non_finite(document):
+        return json.dumps(document, separators=(",", ":")).encode("utf-8")
+    return data
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def _mapping(value: Any, what: str) -> dict[str, Any]:
