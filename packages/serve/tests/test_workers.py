@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -309,3 +310,23 @@ def test_sigterm_drains_every_worker_then_exits_0(server):
     for port in (server.http_port, server.grpc_port):
         with pytest.raises(OSError):
             http.client.HTTPConnection(server.host, port, timeout=2).connect()
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path):
+    repo = tmp_path / "repo"
+    write_bundle(repo, "linear", 1, linear_model(W, BIAS))
+    process, url, _ = start_server_process(repo, "--workers", "2", "--drain-seconds", "1")
+    try:
+        workers = [psutil.Process(p.pid) for p in psutil.Process(process.pid).children()]
+        assert len(workers) == 2
+        state_dir = Path(workers[0].environ()["PROMETHEUS_MULTIPROC_DIR"])
+        process.kill()  # SIGKILL: no chance to stop its workers itself
+        process.wait(30)
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"orphaned workers still running: {alive}"
+        with pytest.raises(OSError):
+            http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=2).connect()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    shutil.rmtree(state_dir, ignore_errors=True)  # the supervisor's to remove, had it lived
