@@ -189,14 +189,19 @@ def test_waiting_callers_that_time_out_or_end_leave_and_the_lead_still_passes_on
     assert batcher.withdrawn == 2 and batcher.queued == 0
 
 
-def test_a_call_that_ended_before_queueing_is_never_queued():
+def test_a_call_that_ended_before_it_waited_is_withdrawn_at_once():
     gate = Gate()
-    gate.open.set()
-    with ThreadPoolExecutor(2) as executor:
+    with ThreadPoolExecutor(2) as executor, ThreadPoolExecutor(1) as callers:
         batcher = DynamicBatcher(gate.run, executor, BatchingConfig(), lambda *a: None)
+        leader = callers.submit(batcher.run_in_thread, {"x": np.ones((1, 2), np.float32)}, ["y"])
+        assert gate.running.wait(10)
         with pytest.raises(Cancelled):
-            batcher.run_in_thread({"x": np.ones((1, 2), np.float32)}, ["y"], on_end=lambda f: False)
-    assert gate.batches == [] and batcher.queued == 0
+            batcher.run_in_thread(
+                {"x": np.full((1, 2), 7.0, np.float32)}, ["y"], on_end=lambda f: False
+            )
+        gate.open.set()
+        assert leader.result(10)["y"][0, 0] == 2.0
+    assert gate.batches == [[1.0]] and batcher.queued == 0 and batcher.withdrawn == 1
 
 
 def test_no_deadline_means_none_from_grpc():

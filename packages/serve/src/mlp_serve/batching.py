@@ -227,9 +227,11 @@ class DynamicBatcher:
             pending.deadline = pending.enqueued + max(0.0, timeout)
         pending.waiter = threading.Lock()
         pending.waiter.acquire()
-        if on_end is not None and not on_end(functools.partial(self._caller_ended, pending)):
-            raise Cancelled("the call ended before its request was queued")
         if not self._enqueue(pending, refuse_when_closing=False):
+            # Only a caller that waits watches its call: a new leader's request is the first
+            # of its first batch, never withdrawn, and the callback would cost it a lock.
+            if on_end is not None and not on_end(functools.partial(self._caller_ended, pending)):
+                self._caller_ended(pending)  # it ended already: withdraw now
             # Released once: answered, made leader, or withdrawn because the call ended.
             if not pending.waiter.acquire(timeout=_remaining(pending.deadline)):
                 late = self._gave_up(pending)
