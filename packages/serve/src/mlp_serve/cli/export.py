@@ -39,6 +39,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fp16", action="store_true", help="a float16 network, for GPU serving")
     parser.add_argument(
+        "--format",
+        choices=["onnx", "torchscript"],
+        default="onnx",
+        help="torchscript: also write model.torchscript beside model.onnx (detection runs)",
+    )
+    parser.add_argument(
         "--no-mlflow",
         action="store_true",
         help="do not log the ONNX model to the run's MLflow record",
@@ -63,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         fp16=args.fp16,
         log_to_mlflow=not args.no_mlflow,
+        export_format=args.format,
     )
     manifest = result.manifest
     summary = {

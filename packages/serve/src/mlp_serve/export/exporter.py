@@ -5,10 +5,13 @@
 3. check parity with the torch pipeline on the same samples (:mod:`.parity`) and, for tabular
    runs, that the pipeline reproduces the run's recorded quality (:mod:`.fidelity`);
 4. optionally convert the network to int8 (dynamic quantisation) or fp16, and check again;
-5. write ``model.onnx`` and ``manifest.json`` into a hidden temporary folder beside the target
+5. write ``model.onnx`` and ``manifest.json`` (and ``model.torchscript`` when asked) into a hidden temporary folder beside the target
    and rename it to ``REPO/<name>/<version>/``: a half-written bundle is never visible, and an
    existing version is never overwritten;
 6. log the model to the run's MLflow record when there is one.
+
+Detection runs (ultralytics YOLO) export the raw head and are gated against ultralytics'
+predict on the run's ``.pt``: see :mod:`.detection`.
 """
 
 from __future__ import annotations
@@ -40,17 +43,18 @@ from mlp_serve.bundle import (
     MODEL_FILE,
     FeatureSchema,
     Manifest,
-    Parity,
     write_manifest,
 )
 from mlp_serve.datatypes import from_onnx_type
 from mlp_serve.errors import BundleError
-from mlp_serve.export import fidelity, graph, network, parity
+from mlp_serve.export import detection, fidelity, graph, network, parity
+from mlp_serve.export.built import Built
 from mlp_serve.export.mlflow_log import log_bundle
 from mlp_serve.export.run_folder import RunFolder, read_run_folder
 from mlp_serve.export.tabular_reference import read_preprocessing, reference_inputs
 
 QUANTIZE_CHOICES = ("int8",)
+FORMATS = ("onnx", "torchscript")  # ONNX is always written (the server's); torchscript adds one
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TOOL_PACKAGES = ("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "onnxscript")
 
@@ -62,15 +66,6 @@ class ExportResult:
     mlflow: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class _Built:
-    """One serving model of the export, with what the checks found."""
-
-    model: onnx.ModelProto
-    outputs: np.ndarray  # served outputs on the parity samples
-    parity: Parity
-
-
 def export_run(
     run_dir: str | os.PathLike[str],
     repo: str | os.PathLike[str],
@@ -80,8 +75,14 @@ def export_run(
     quantize: str | None = None,
     fp16: bool = False,
     log_to_mlflow: bool = True,
+    export_format: str = "onnx",
 ) -> ExportResult:
-    """Export the run in ``run_dir`` as ``repo/<name>/<version>/``; see the module docstring."""
+    """Export the run in ``run_dir`` as ``repo/<name>/<version>/``; see the module docstring.
+
+    ``export_format="torchscript"`` also writes ``model.torchscript`` (detection runs).
+    """
+    if export_format not in FORMATS:
+        raise BundleError(f"format must be one of {FORMATS}, got {export_format!r}")
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise BundleError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
     if quantize and fp16:
@@ -89,6 +90,8 @@ def export_run(
     if version is not None and version < 1:
         raise BundleError(f"version must be a positive integer, got {version}")
     run = read_run_folder(Path(run_dir))
+    detecting = detection.is_detection_run(run)
+    _check_detection_options(run, detecting, quantize, export_format)
     name = _bundle_name(run, name)
     target_parent = Path(repo) / name
     if version is not None and (target_parent / str(version)).exists():
@@ -96,16 +99,26 @@ def export_run(
 
     model = load_model(run.model_path)
     kind = _kind(run, model)
-    labels = _class_labels(run, model)
-    net, exporter = network.export_network(model)
-
-    if kind == "tabular":
-        exported = _TabularExport(run, model, labels)
+    exported: _TabularExport | _ImageExport | detection.DetectionExport
+    if kind == "detection":
+        exported = detection.DetectionExport(run, model)
+        labels: list[str] | None = exported.labels
+        net, exporter = exported.network()
     else:
-        exported = _ImageExport(run, model, labels)
+        labels = _class_labels(run, model)
+        net, exporter = network.export_network(model)
+        if kind == "tabular":
+            exported = _TabularExport(run, model, labels)
+        else:
+            exported = _ImageExport(run, model, labels)
     fp32 = exported.build(net, "fp32")
     training = _training_record(run, model, exporter)
     training["export_check"] = exported.fidelity(fp32.outputs)
+    extra_files: dict[str, bytes] = {}
+    if export_format == "torchscript" and isinstance(exported, detection.DetectionExport):
+        data, record = exported.torchscript(fp32.outputs)
+        extra_files[detection.TORCHSCRIPT_FILE] = data
+        training["formats"] = {"onnx": MODEL_FILE, "torchscript": record}
 
     shipped, precision, quantization = fp32, "fp32", None
     if quantize == "int8":
@@ -117,15 +130,18 @@ def export_run(
         precision = "fp16"
         quantization = exported.compare(fp32, shipped, "fp16")
 
+    is_detection = isinstance(exported, detection.DetectionExport)
     manifest = Manifest(
         name=name,
         version=1,  # set once the version folder is chosen
-        task=model.task,
+        task=detection.KIND if is_detection else model.task,
         kind=kind,
         inputs=_specs(shipped.model.graph.input),
-        outputs=_specs(shipped.model.graph.output),
+        # A detection graph ends at the raw head; the manifest lists what the server answers.
+        outputs=exported.served_outputs() if is_detection else _specs(shipped.model.graph.output),
         feature_schema=exported.feature_schema(),
         class_labels=labels,
+        detection=exported.defaults if is_detection else None,
         preprocessing=exported.preprocessing(),
         sha256="",
         opset=network.opset_of(shipped.model),
@@ -136,7 +152,7 @@ def export_run(
         packages=_packages(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    path, manifest = _write_bundle(target_parent, version, shipped.model, manifest)
+    path, manifest = _write_bundle(target_parent, version, shipped.model, manifest, extra_files)
     tracked = log_bundle(run, path, name=name, version=manifest.version) if log_to_mlflow else {}
     return ExportResult(path=path, manifest=manifest, mlflow=tracked)
 
@@ -158,7 +174,7 @@ class _TabularExport:
             model, reference_inputs(self.pipeline, self.samples.numeric, self.samples.categorical)
         )
 
-    def build(self, net: onnx.ModelProto, precision: str) -> _Built:
+    def build(self, net: onnx.ModelProto, precision: str) -> Built:
         proto = graph.tabular_model(
             net, self.pipeline, task=self.model.task, class_labels=self.labels
         )
@@ -171,7 +187,7 @@ class _TabularExport:
             regression=self.model.task == "regression",
             what=f"{precision} tabular model of {self.run.path} ({self.samples.source})",
         )
-        return _Built(proto, outputs, checked)
+        return Built(proto, outputs, checked)
 
     def fidelity(self, outputs: np.ndarray) -> dict[str, Any]:
         data = self.run.data_path
@@ -183,7 +199,7 @@ class _TabularExport:
             source=data.name if data else "data",
         )
 
-    def compare(self, fp32: _Built, other: _Built, precision: str) -> dict[str, Any]:
+    def compare(self, fp32: Built, other: Built, precision: str) -> dict[str, Any]:
         record = _compare(fp32, other, precision, self.model.task)
         targets = self.samples.targets
         if targets and self.model.task != "regression":
@@ -240,7 +256,7 @@ class _ImageExport:
         self.images = parity.image_samples(self.spec, tuple(shape))
         self.reference = parity.torch_outputs(model, {"image": self.images})
 
-    def build(self, net: onnx.ModelProto, precision: str) -> _Built:
+    def build(self, net: onnx.ModelProto, precision: str) -> Built:
         proto = graph.image_model(net, task=self.model.task, class_labels=self.labels)
         session = parity.onnx_session(proto.SerializeToString())
         outputs = parity.served(parity.run_onnx(session, {"image": self.images}))
@@ -251,12 +267,12 @@ class _ImageExport:
             regression=False,
             what=f"{precision} image model of {self.run.path}",
         )
-        return _Built(proto, outputs, checked)
+        return Built(proto, outputs, checked)
 
     def fidelity(self, outputs: np.ndarray) -> dict[str, Any]:
         return {"checked": False, "reason": "image models: the server applies the eval spec"}
 
-    def compare(self, fp32: _Built, other: _Built, precision: str) -> dict[str, Any]:
+    def compare(self, fp32: Built, other: Built, precision: str) -> dict[str, Any]:
         return _compare(fp32, other, precision, self.model.task)
 
     def feature_schema(self) -> None:
@@ -266,7 +282,7 @@ class _ImageExport:
         return dict(self.run.preprocessing)  # as the run wrote it
 
 
-def _compare(fp32: _Built, other: _Built, precision: str, task: str) -> dict[str, Any]:
+def _compare(fp32: Built, other: Built, precision: str, task: str) -> dict[str, Any]:
     """How the converted model's outputs differ from the fp32 graph's on the parity samples."""
     regression = task == "regression"
     record: dict[str, Any] = {
@@ -290,7 +306,9 @@ def _compare(fp32: _Built, other: _Built, precision: str, task: str) -> dict[str
 # -- checks and records -------------------------------------------------------------------------
 
 
-def _kind(run: RunFolder, model: BaseModel) -> Literal["tabular", "image"]:
+def _kind(run: RunFolder, model: BaseModel) -> Literal["tabular", "image", "detection"]:
+    if detection.is_detection_run(run) and model.task == detection.KIND:
+        return "detection"
     inputs = model.signature().input_names
     if run.preprocessing.get("type") == "tabular" and inputs[0] == "numeric":
         return "tabular"
@@ -299,7 +317,7 @@ def _kind(run: RunFolder, model: BaseModel) -> Literal["tabular", "image"]:
     raise BundleError(
         f"{run.path}: cannot export a {model.model_name!r} model with "
         f"{run.preprocessing.get('type') or run.preprocessing.get('kind') or 'unknown'} "
-        "preprocessing: the exporter handles tabular and image classification runs",
+        "preprocessing: the exporter handles tabular, image classification and detection runs",
     )
 
 
@@ -316,6 +334,25 @@ def _class_labels(run: RunFolder, model: BaseModel) -> list[str] | None:
             f"{run.path}: dataset.json names {len(names)} classes but the model predicts {classes}"
         )
     return [str(n) for n in names]
+
+
+def _check_detection_options(
+    run: RunFolder, detecting: bool, quantize: str | None, export_format: str
+) -> None:
+    if detecting:
+        detection.require_ultralytics()
+        if quantize:
+            raise BundleError(
+                f"{run.path}: --quantize {quantize} is not available for detection runs: "
+                "dynamic int8 quantisation covers MatMul layers, and a YOLO network is "
+                "convolutions",
+                hint="Use --fp16 for a smaller, faster detection model.",
+            )
+    elif export_format != "onnx":
+        raise BundleError(
+            f"{run.path}: --format {export_format} is for detection runs; tabular and image "
+            "bundles are ONNX with their preprocessing in the graph",
+        )
 
 
 def _check_tabular_fit(pipeline: TabularPreprocessing, model: BaseModel, source: str) -> None:
@@ -402,7 +439,11 @@ def _exists(path: Path) -> BundleError:
 
 
 def _write_bundle(
-    parent: Path, version: int | None, model: onnx.ModelProto, manifest: Manifest
+    parent: Path,
+    version: int | None,
+    model: onnx.ModelProto,
+    manifest: Manifest,
+    extra_files: dict[str, bytes] | None = None,
 ) -> tuple[Path, Manifest]:
     parent.mkdir(parents=True, exist_ok=True)
     # Hidden and not a number: a server scanning the repository never takes it for a version.
@@ -411,6 +452,9 @@ def _write_bundle(
         _readable(staging)
         onnx.save(model, staging / MODEL_FILE)
         digest = sha256_file(staging / MODEL_FILE)
+        for file_name, data in (extra_files or {}).items():
+            (staging / file_name).write_bytes(data)
+            _readable(staging / file_name)
         for _ in range(100):
             chosen = version if version is not None else _next_version(parent)
             target = parent / str(chosen)
@@ -447,4 +491,4 @@ def _next_version(parent: Path) -> int:
     return max(taken, default=0) + 1
 
 
-__all__ = ["QUANTIZE_CHOICES", "ExportResult", "export_run"]
+__all__ = ["FORMATS", "QUANTIZE_CHOICES", "ExportResult", "export_run"]

@@ -40,7 +40,7 @@ def export_network(model: BaseModel, *, opset: int = MIN_OPSET) -> tuple[onnx.Mo
     errors = []
     for exporter in EXPORTERS:
         try:
-            with _quiet_exporter():
+            with quiet_exporter():
                 proto = _export(model, exporter, opset)
         except Exception as exc:
             errors.append(f"{exporter}: {type(exc).__name__}: {exc}")
@@ -86,7 +86,7 @@ def _export(model: BaseModel, exporter: str, opset: int) -> onnx.ModelProto:
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     # The exporters warn about deprecations and torchvision's unannotated ops: noise for a user.
     logger = logging.getLogger("torch.onnx")
     level = logger.level
@@ -132,17 +132,21 @@ def to_fp16(network: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(network)
     graph = model.graph
+    kept = _float32_only(graph)
     for index, tensor in enumerate(graph.initializer):
-        if tensor.data_type == TensorProto.FLOAT:
+        if tensor.data_type == TensorProto.FLOAT and tensor.name not in kept:
             graph.initializer[index].CopyFrom(_half_tensor(tensor))
     for node in graph.node:
+        if any(output in kept for output in node.output):
+            continue
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == 1:
                 attribute.t.CopyFrom(_half_tensor(attribute.t))
             if node.op_type == "Cast" and attribute.name == "to" and attribute.i == 1:
                 attribute.i = TensorProto.FLOAT16
     for value in graph.value_info:
-        _retype(value, TensorProto.FLOAT, TensorProto.FLOAT16)
+        if value.name not in kept:
+            _retype(value, TensorProto.FLOAT, TensorProto.FLOAT16)
 
     casts_in, casts_out = [], []
     for value in graph.input:
@@ -160,6 +164,20 @@ def to_fp16(network: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(nodes)
     return model
+
+
+# Inputs that ONNX types as float32 whatever the data: Resize's roi and scales (an upsampling
+# layer, as in YOLO's neck, carries its scales as a float constant).
+_FLOAT32_INPUTS = {"Resize": (1, 2)}
+
+
+def _float32_only(graph: onnx.GraphProto) -> set[str]:
+    return {
+        node.input[position]
+        for node in graph.node
+        for position in _FLOAT32_INPUTS.get(node.op_type, ())
+        if position < len(node.input) and node.input[position]
+    }
 
 
 def _half_tensor(tensor: TensorProto) -> TensorProto:
