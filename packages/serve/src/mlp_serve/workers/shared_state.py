@@ -16,7 +16,6 @@ removed when it exits. Files:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -100,6 +99,8 @@ class SharedState:
     @contextlib.contextmanager
     def _admin_lock(self) -> Iterator[None]:
         # Two workers answering admin requests at once must not both take generation n + 1.
+        import fcntl  # here: the module is imported on every platform, workers run on Linux
+
         with open(self.root / ADMIN_LOCK, "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
