@@ -324,9 +324,7 @@ class DataPlane:
                 return None
             with self._answered(entry, protocol):
                 feeds, names = self._validate(entry, request)
-                results = entry.runner.run_in_thread(
-                    feeds, names, timeout=timeout, on_end=on_end
-                )
+                results = entry.runner.run_in_thread(feeds, names, timeout=timeout, on_end=on_end)
                 return self._response(entry, request, names, results)
         finally:
             self._leave()
