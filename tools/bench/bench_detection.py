@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -104,7 +105,7 @@ def untrained_bundle(repo: Path, work: Path, imgsz: int) -> tuple[Path, Path]:
     torch.manual_seed(0)
     network = DetectionModel("yolov8n.yaml", nc=len(CLASSES), verbose=False)
     network.names = dict(enumerate(CLASSES))
-    head = network.model[-1]
+    head: Any = network.model[-1]  # ultralytics' Detect
     for branch in head.cv3:  # the class branches: untrained scores near sigmoid(-0.5) = 0.38
         branch[-1].bias.data.fill_(-0.5)
     weights = work / "untrained.pt"
@@ -240,7 +241,7 @@ class Cell:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--run", type=Path, help="a trained detection run (default: untrained)")
     parser.add_argument("--imgsz", type=int, default=64, help="untrained model's input side")
     parser.add_argument("--images", type=int, default=32, help="distinct images sent in turn")
@@ -311,7 +312,7 @@ def main() -> None:
 
     def onnxruntime_cell() -> Callable[[int], None]:
         def call(turn: int) -> None:
-            raw = session.run(None, {input_name: tensors[turn % len(tensors)]})[0]
+            raw = np.asarray(session.run(None, {input_name: tensors[turn % len(tensors)]})[0])
             non_max_suppression(
                 raw, defaults["confidence"], defaults["iou"], defaults["max_detections"]
             )
