@@ -27,7 +27,7 @@ from mlp_serve.config import BatchingConfig
 from mlp_serve.errors import Cancelled, DeadlineExceeded
 from mlp_serve.server import BackgroundServer
 
-DELAY_MS = 1500.0  # the first request's batch waits this long for company
+DELAY_MS = 2000.0  # the first request's batch waits this long for company
 
 
 def infer_body(rows: int) -> bytes:
@@ -72,15 +72,13 @@ def test_grpc_calls_past_their_deadline_or_cancelled_leave_the_queue_unrun(delay
     infer = grpc.insecure_channel(delayed.address).unary_unary(INFERENCE + "ModelInfer")
     first = infer.future(infer_body(1))  # leads: waits DELAY_MS for company
     time.sleep(0.2)
-    started = time.monotonic()
+    company = infer.future(infer_body(2))  # stays: runs with the first
     with pytest.raises(grpc.RpcError) as late:
         infer(infer_body(3), timeout=0.3)
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
     cancelled = infer.future(infer_body(5))
     time.sleep(0.2)
     assert cancelled.cancel()
-    company = infer.future(infer_body(2))  # stays: runs with the first
-    assert time.monotonic() - started < DELAY_MS / 1000  # all of it while the batch waited
     for answered, rows in ((first, 1), (company, 2)):
         response = pb.ModelInferResponse.FromString(answered.result(timeout=30))
         assert list(response.outputs[0].shape) == [rows, 3]
