@@ -105,7 +105,8 @@ def untrained_bundle(repo: Path, work: Path, imgsz: int) -> tuple[Path, Path]:
     torch.manual_seed(0)
     network = DetectionModel("yolov8n.yaml", nc=len(CLASSES), verbose=False)
     network.names = dict(enumerate(CLASSES))
-    head: Any = network.model[-1]  # ultralytics' Detect
+    layers: Any = network.model
+    head = layers[-1]  # ultralytics' Detect
     for branch in head.cv3:  # the class branches: untrained scores near sigmoid(-0.5) = 0.38
         branch[-1].bias.data.fill_(-0.5)
     weights = work / "untrained.pt"
