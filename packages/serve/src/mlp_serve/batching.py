@@ -536,6 +536,8 @@ def _split(results: Arrays, sizes: list[int], total: int) -> list[Arrays]:
                 "the model does not keep the batch axis first, so it cannot be batched",
                 hint="Set serve.batching.enabled=false for this server.",
             )
+    if len(sizes) == 1:  # a batch of one request (most of them, at low load): nothing to cut
+        return [results]
     bounds = np.cumsum([0, *sizes])
     return [
         {name: array[start:end] for name, array in results.items()}

@@ -48,7 +48,7 @@ class RequestContext:
         request_id = given if given and _VALID_ID.match(given) else f"{_ids.getrandbits(128):032x}"
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
-        start = time.perf_counter()
+        start = time.perf_counter() if self.access_log else 0.0
 
         async def send_with_id(message: dict) -> None:
             nonlocal status
@@ -60,20 +60,18 @@ class RequestContext:
             await send(message)
 
         with bind_context(request_id=request_id):
-            if not self.access_log:
-                await self.app(scope, receive, send_with_id)
-                return
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
-                access_log.info(
-                    "request",
-                    method=scope.get("method"),
-                    path=scope.get("path"),
-                    status=status,
-                    ms=round((time.perf_counter() - start) * 1000, 3),
-                    client=(scope.get("client") or ("", 0))[0],
-                )
+                if self.access_log:
+                    access_log.info(
+                        "request",
+                        method=scope.get("method"),
+                        path=scope.get("path"),
+                        status=status,
+                        ms=round((time.perf_counter() - start) * 1000, 3),
+                        client=(scope.get("client") or ("", 0))[0],
+                    )
 
 
 class BodyLimit:
