@@ -195,7 +195,9 @@ def test_with_auth_each_token_has_its_own_budget_and_unknown_tokens_share_the_ad
         tensor = triton_grpc.InferInput("x", [1, 4], "FP32")
         tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
         with triton_grpc.InferenceServerClient(server.ports.grpc_address) as client:
-            # Token A's budget is shared between REST and gRPC: one server, one limiter.
-            with pytest.raises(InferenceServerException) as refused:
-                client.infer("linear", [tensor], headers={"authorization": f"Bearer {TOKEN_A}"})
-            assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+            # Token A's budget is shared between REST and gRPC: one server, one limiter; and
+            # wrong tokens over gRPC spend the same address budget as over REST.
+            for headers in ({"authorization": f"Bearer {TOKEN_A}"}, {"authorization": "x" * 20}):
+                with pytest.raises(InferenceServerException) as refused:
+                    client.infer("linear", [tensor], headers=headers)
+                assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"

@@ -79,11 +79,15 @@ class InferenceServicer:
 
         def handle(body: bytes, context: grpc.ServicerContext) -> Any:
             try:
-                if needs_token:
+                if needs_token and self.rate_limit is None:
                     self._authorize(context)
                 request = self._parse(method, request_class, body, context)
                 if self.rate_limit is not None:
+                    # Limited before the token is checked, as REST is: guessing tokens costs
+                    # the guesser's address its budget.
                     self.rate_limit.check(method, request, context)
+                    if needs_token:
+                        self._authorize(context)
                 return implementation(request, context)
             except InferenceError as exc:
                 code, details = _status_code(exc.grpc_code), _details(exc)
