@@ -52,7 +52,7 @@ def table_request(
     for c, column in enumerate(schema.numeric):
         if column in present:
             numeric[:, c] = _numbers(table.column(column), column)
-    categorical = np.full((rows, len(schema.categorical)), b"", dtype=object)
+    categorical = np.full((rows, len(schema.categorical)), "", dtype=object)
     for c, column in enumerate(schema.categorical):
         if column in present:
             categorical[:, c] = _categories(table.column(column), column)
@@ -80,19 +80,20 @@ def _categories(values: pa.Array | pa.ChunkedArray, column: str) -> np.ndarray:
         values = pc.cast(values, kind.value_type)
         kind = values.type
     if pa.types.is_null(kind):
-        return np.full(len(values), b"", dtype=object)
+        return np.full(len(values), "", dtype=object)
     if pa.types.is_boolean(kind):
         # The rows conversion takes a boolean as its Python text, as a CSV reader sees it.
         truth = pc.fill_null(values, False).to_numpy(zero_copy_only=False)
-        text = np.where(truth, b"True", b"False").astype(object)
-        text[values.is_null().to_numpy(zero_copy_only=False)] = b""
+        text = np.where(truth, "True", "False").astype(object)
+        text[values.is_null().to_numpy(zero_copy_only=False)] = ""
         return text
     if pa.types.is_integer(kind):
         values = pc.cast(values, pa.string())
     elif not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise InvalidInput(f"column {column!r}: expected text or integers, got {kind} values")
-    as_bytes = pc.cast(pc.fill_null(values, ""), pa.binary())
-    return as_bytes.to_numpy(zero_copy_only=False)
+    # str, not the bytes the wire codecs make: Arrow's strings are valid UTF-8 already, and
+    # validation and onnxruntime's feed then decode nothing, element by element.
+    return pc.fill_null(values, "").to_numpy(zero_copy_only=False)
 
 
 def prediction_columns(
