@@ -1,19 +1,24 @@
-"""Requests/s and p50/p99 latency of `mlp serve` against in-process onnxruntime, a plain FastAPI
-server and KServe's Python model server, over REST and gRPC, with and without dynamic batching.
+"""Requests/s and p50/p99 latency of `mlp serve` (its defaults, and tuned by hand) against
+in-process onnxruntime, a competent FastAPI server, a naive one and KServe's Python model server,
+over REST and gRPC, at concurrency 1 and 16.
 
 Two seeded MLPs built here with onnx.helper (about 10k and 1M parameters, FP32 [-1, F] -> [-1, C])
 are written as a bare model repository and served by every server at once, each server a
-subprocess pinned to one core (``--server-core``), all with onnxruntime's intra-op threads at 1.
-The load generator, pinned to another core (``--client-core``), is h2load when installed
-(``h2load_client.py``; ``--load python`` for threads of this process): one row per request, for
-``--seconds`` per cell after a warm-up, at concurrency 1 and 16, REST over one keep-alive
-connection per concurrent client, gRPC over one shared HTTP/2 connection. Request bodies are
-encoded once. Cells run in rounds, in a rotated order each round, and each number printed is the
-median over the rounds.
+subprocess pinned to one core (``--server-core``). ``mlp`` is ``mlp serve REPO`` with nothing
+else set; the others run onnxruntime with one intra-op thread and log no line per request.
+The load generator, pinned to another core (``--client-core``), is wrk for REST and h2load for
+gRPC when installed (``wrk_client.py``, ``h2load_client.py``; ``--load python`` for threads of
+this process): one row per request, for ``--seconds`` per cell after a warm-up, REST over one
+keep-alive connection per concurrent client, gRPC over one shared HTTP/2 connection. Request
+bodies are encoded once. Cells run in rounds, in a rotated order each round, and each number
+printed is the median over the rounds.
 
-    .venvs/serve/bin/python tools/bench/bench_serve.py            # about 4 minutes on 2 cores
-    .venvs/serve/bin/python tools/bench/bench_serve.py --quick    # about 30 seconds
-    .venvs/serve/bin/python tools/bench/bench_serve.py --provider CUDAExecutionProvider
+    .venv/bin/python tools/bench/bench_serve.py            # about 4 minutes on 2 cores
+    .venv/bin/python tools/bench/bench_serve.py --quick    # about a minute
+    .venv/bin/python tools/bench/bench_serve.py --servers mlp mlp-tuned mlp-delay mlp-nobatch
+    .venv/bin/python tools/bench/bench_serve.py --provider CUDAExecutionProvider
+
+The servers run with the Python that runs this script (its environment's ``mlp``).
 
 KServe runs in its own environment, created on first use (``--kserve-venv``, default
 ``.venvs/bench-kserve``: ``uv venv`` + ``uv pip install kserve onnxruntime numpy``, or
@@ -44,13 +49,15 @@ import h2load_client  # beside this script, which Python puts first on sys.path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import wrk_client
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import service_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-SERVE_PYTHON = ROOT / ".venvs" / "serve" / "bin" / "python"
-MLP = ROOT / ".venvs" / "serve" / "bin" / "mlp"
+# The servers run in this script's environment (not resolved: a venv's python is a symlink).
+SERVE_PYTHON = Path(sys.executable)
+MLP = SERVE_PYTHON.parent / "mlp"
 KSERVE_VENV = ROOT / ".venvs" / "bench-kserve"
 CPU = "CPUExecutionProvider"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -184,27 +191,27 @@ class Server:
             self.process.wait(5)
 
 
+# Our server's variants: the defaults (label "mlp"), and tuned by hand with batching as it comes,
+# with a queue delay, or off.
+MLP_VARIANTS = ("mlp", "mlp-tuned", "mlp-delay", "mlp-nobatch")
+
+
 def mlp_server(
-    repo: Path, provider: str, batching: bool, logs: Path, queue_delay_ms: float = 0.0
+    repo: Path, provider: str, label: str, logs: Path, queue_delay_ms: float = 0.0
 ) -> Server:
+    """``mlp serve`` as ``label`` says: ``mlp``, the defaults (only the ports, and the
+    provider when not the CPU); the others tuned by hand as the best settings were found."""
     http_port, grpc_port = free_port(), free_port()
-    label = "mlp-nobatch" if not batching else "mlp-delay" if queue_delay_ms else "mlp"
-    return Server(
-        label,
-        [
-            str(MLP),
-            "serve",
-            str(repo),
-            "--http-port",
-            str(http_port),
-            "--grpc-port",
-            str(grpc_port),
+    command = [str(MLP), "serve", str(repo), "--http-port", str(http_port)]
+    command += ["--grpc-port", str(grpc_port), "--drain-seconds", "2"]
+    if provider != CPU:
+        command += ["--set", f"providers=[{','.join(providers_for(provider))}]"]
+    if label != "mlp":
+        batching = label != "mlp-nobatch"
+        delay = queue_delay_ms if label == "mlp-delay" else 0.0
+        command += [
             "--log-level",
-            "WARNING",  # no access line per request, as for the other servers
-            "--drain-seconds",
-            "2",
-            "--set",
-            f"providers=[{','.join(providers_for(provider))}]",
+            "WARNING",  # nothing logged per request, whatever the defaults do
             "--set",
             "intra_op_threads=1",
             "--set",
@@ -212,8 +219,11 @@ def mlp_server(
             "--set",
             f"batching.enabled={str(batching).lower()}",
             "--set",
-            f"batching.max_queue_delay_ms={queue_delay_ms}",
-        ],
+            f"batching.max_queue_delay_ms={delay}",
+        ]
+    return Server(
+        label,
+        command,
         "/v2/health/ready",
         http_port,
         grpc_port,
@@ -232,6 +242,20 @@ def plain_server(repo: Path, provider: str, logs: Path) -> Server:
         port,
         None,
         logs / "fastapi.log",
+    )
+
+
+def competent_server(repo: Path, provider: str, logs: Path) -> Server:
+    port = free_port()
+    script = HERE / "competent_fastapi_server.py"
+    command = [str(SERVE_PYTHON), str(script), str(repo), "--port", str(port)]
+    return Server(
+        "competent",
+        [*command, "--provider", provider, "--threads", "1"],
+        "/v2/health/ready",
+        port,
+        None,
+        logs / "competent.log",
     )
 
 
@@ -375,13 +399,17 @@ class CellResult:
     seconds: float
     latencies: list[float]
     errors: int
-    client_cpu: float  # this process's CPU seconds over the wall seconds
+    client_cpu: float  # the load generator's CPU seconds over the wall seconds
+    server_cpu: float = float("nan")  # the server process's, likewise (>100%: several cores)
+    percentiles: dict[float, float] | None = None  # seconds, when only these are known (wrk)
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: float) -> float:
+        if self.percentiles is not None and q in self.percentiles:
+            return self.percentiles[q] * 1000
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
 
 
@@ -438,18 +466,19 @@ class Target:
     """One thing to load: a model behind a server and protocol (or in-process)."""
 
     model: str
-    server: str  # inproc, mlp, mlp-nobatch, fastapi, kserve
+    server: str  # inproc, one of MLP_VARIANTS, competent, fastapi, kserve
     protocol: str  # -, rest, grpc
     connect: Callable[[], Call]
     h2load: h2load_client.Request | None = None  # the same request, for h2load (servers only)
     results: dict[int, list[CellResult]] = field(default_factory=dict)
     queue_delay_ms: float = 0.0
+    pid: int | None = None  # the server process, whose CPU time each cell reads
 
     @property
     def batching(self) -> str:
         if self.server == "mlp-delay":
             return f"on {self.queue_delay_ms:g}ms"
-        return "on" if self.server == "mlp" else "off"
+        return "on" if self.server in ("mlp", "mlp-tuned") else "off"
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -487,6 +516,8 @@ def make_targets(
         targets.append(Target(spec.name, "inproc", "-", inproc))
         v2_body, g_body = v2_json_body(spec, row), grpc_body(spec, row)
         for label, server in servers.items():
+            assert server.process is not None
+            pid = server.process.pid
             if label == "fastapi":
                 body = json.dumps({"inputs": row.tolist()}).encode()
                 path = f"/models/{spec.name}/predict"
@@ -494,7 +525,7 @@ def make_targets(
                 verify_rest(server.http_port, path, body, check)
                 connect = rest_caller(server.http_port, path, body)
                 h2 = h2load_client.rest_request(f"http://127.0.0.1:{server.http_port}{path}", body)
-                targets.append(Target(spec.name, label, "rest", connect, h2))
+                targets.append(Target(spec.name, label, "rest", connect, h2, pid=pid))
                 continue
             delay = queue_delay_ms if label == "mlp-delay" else 0.0
             path = f"/v2/models/{spec.name}/infer"
@@ -503,7 +534,9 @@ def make_targets(
             connect = rest_caller(server.http_port, path, v2_body)
             url = f"http://127.0.0.1:{server.http_port}{path}"
             h2 = h2load_client.rest_request(url, v2_body)
-            targets.append(Target(spec.name, label, "rest", connect, h2, queue_delay_ms=delay))
+            targets.append(
+                Target(spec.name, label, "rest", connect, h2, queue_delay_ms=delay, pid=pid)
+            )
             if server.grpc_port is not None:
                 connect, close = grpc_caller(server.grpc_port, g_body)
                 closers.append(close)
@@ -511,7 +544,9 @@ def make_targets(
                 answer = verify_grpc(server.grpc_port, g_body, check)
                 url = f"http://127.0.0.1:{server.grpc_port}{MODEL_INFER}"
                 h2 = h2load_client.grpc_request(url, g_body, answer)
-                targets.append(Target(spec.name, label, "grpc", connect, h2, queue_delay_ms=delay))
+                targets.append(
+                    Target(spec.name, label, "grpc", connect, h2, queue_delay_ms=delay, pid=pid)
+                )
     return targets
 
 
@@ -539,29 +574,53 @@ def run_rounds(targets: list[Target], args: argparse.Namespace) -> None:
         order = cells[shift:] + cells[:shift]
         started = time.perf_counter()
         for target, concurrency in order:
-            if args.load == "h2load" and target.h2load is not None:
-                measured = h2load_client.run(target.h2load, concurrency, args.seconds, args.warmup)
-                result = CellResult(
-                    measured.requests,
-                    measured.seconds,
-                    measured.latencies,
-                    measured.errors,
-                    measured.client_cpu,
-                )
-            else:
-                result = run_cell(
-                    target.connect,
-                    concurrency,
-                    args.requests,
-                    args.seconds,
-                    warmup=max(3, args.warmup // concurrency),
-                )
+            server_cpu = process_cpu(target.pid)
+            started_cell = time.perf_counter()
+            result = measure_cell(target, concurrency, args)
+            wall = time.perf_counter() - started_cell
+            if target.pid is not None:
+                result.server_cpu = (process_cpu(target.pid) - server_cpu) / wall
             target.results.setdefault(concurrency, []).append(result)
         print(
             f"round {round_ + 1}/{args.rounds}: {len(order)} cells in "
             f"{time.perf_counter() - started:.0f} s",
             flush=True,
         )
+
+
+def measure_cell(target: Target, concurrency: int, args: argparse.Namespace) -> CellResult:
+    request = target.h2load
+    if args.load != "python" and request is not None:
+        use_wrk = request.http1 and args.rest_load == "wrk"
+        client = wrk_client if use_wrk else h2load_client
+        measured = client.run(request, concurrency, args.seconds, args.warmup)
+        return CellResult(
+            measured.requests,
+            measured.seconds,
+            measured.latencies,
+            measured.errors,
+            measured.client_cpu,
+            percentiles=measured.percentiles,
+        )
+    return run_cell(
+        target.connect,
+        concurrency,
+        args.requests,
+        args.seconds,
+        warmup=max(3, args.warmup // concurrency),
+    )
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of ``pid`` (all its threads) so far; 0 for None."""
+    if pid is None:
+        return 0.0
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 @dataclass(frozen=True)
@@ -571,6 +630,11 @@ class Summary:
     p99: float
     errors: int
     client_cpu: float
+    server_cpu: float
+    # Requests per CPU-second of the server process: what its core would do if it had it all.
+    # Steadier than req/s when other work shares the machine, and it shows a server that
+    # spreads onto other cores (server cpu > 100%) for what it is.
+    per_cpu_second: float
 
 
 def summarize(results: list[CellResult]) -> Summary:
@@ -580,13 +644,16 @@ def summarize(results: list[CellResult]) -> Summary:
         statistics.median(r.percentile(99) for r in results),
         sum(r.errors for r in results),
         statistics.median(r.client_cpu for r in results),
+        statistics.median(r.server_cpu for r in results),
+        statistics.median(r.rps / r.server_cpu if r.server_cpu else float("nan") for r in results),
     )
 
 
 def print_table(targets: list[Target], concurrency: list[int]) -> dict:
     header = (
         f"{'model':<10} {'server':<12} {'protocol':<8} {'batching':<8} {'conc':>4} "
-        f"{'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'client cpu':>10} {'errors':>6}"
+        f"{'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'server cpu':>10} {'req/cpu-s':>9} "
+        f"{'client cpu':>10} {'errors':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -598,41 +665,76 @@ def print_table(targets: list[Target], concurrency: list[int]) -> dict:
             print(
                 f"{target.model:<10} {target.server:<12} {target.protocol:<8} "
                 f"{target.batching:<8} {c:>4} {s.rps:>8.0f} {s.p50:>8.3f} {s.p99:>8.3f} "
-                f"{s.client_cpu:>9.0%} {s.errors:>6}"
+                f"{_share(s.server_cpu):>10} {_count(s.per_cpu_second):>9} "
+                f"{_share(s.client_cpu):>10} {s.errors:>6}"
             )
     return table
 
 
-def print_goals(table: dict, specs: tuple[ModelSpec, ...], high: int, low: int) -> None:
+def _share(value: float) -> str:
+    return "-" if value != value else f"{value:.0%}"  # NaN: not measured
+
+
+def _count(value: float) -> str:
+    return "-" if value != value else f"{value:.0f}"
+
+
+def ratio_line(table: dict, key: tuple, base_key: tuple, goal: str, at_least: float) -> str | None:
+    """``key`` over ``base_key`` in req/s and in req per server CPU-second, the goal met or
+    missed on each; None if either cell is absent. ``goal`` "above" means strictly more."""
+    ours, base = table.get(key), table.get(base_key)
+    if ours is None or base is None or not base.rps:
+        return None
+
+    def verdict(ratio: float) -> str:
+        if ratio != ratio:
+            return "-"
+        met = ratio > at_least if goal == "above" else ratio >= at_least
+        return f"{ratio:5.2f}x {'met' if met else 'MISSED'}"
+
+    per_cpu = ours.per_cpu_second / base.per_cpu_second if base.per_cpu_second else float("nan")
+    return (
+        f"{key[0]:<10} c={key[3]:<3} {key[1]} {key[2]:<5} / {base_key[1]} {base_key[2]:<5} "
+        f"(goal {goal}): req/s {ours.rps:>6.0f} / {base.rps:>6.0f} "
+        f"= {verdict(ours.rps / base.rps)};  per server CPU-s {verdict(per_cpu)}"
+    )
+
+
+def print_goals(table: dict, specs: tuple[ModelSpec, ...], levels: list[int]) -> None:
+    """The issue's goals for the defaults (``mlp``): near tuned, against the competent FastAPI
+    server and KServe; then each server's added p50 over in-process onnxruntime."""
     print()
-    print(f"Goals (concurrency {high}): our gRPC >= 2x plain FastAPI, and above KServe")
+    print("Goals for mlp serve's defaults (mlp)")
     for spec in specs:
         m = spec.name
-        fastapi = table.get((m, "fastapi", "rest", high))
-        kserve = table.get((m, "kserve", "grpc", high)) or table.get((m, "kserve", "rest", high))
-        kserve_proto = "gRPC" if (m, "kserve", "grpc", high) in table else "REST"
-        for server in ("mlp", "mlp-delay", "mlp-nobatch"):
-            ours = table.get((m, server, "grpc", high))
-            if ours is None:
-                continue
-            parts = [f"{m:<10} {server:<12} gRPC {ours.rps:>7.0f} req/s"]
-            if fastapi:
-                ratio = ours.rps / fastapi.rps
-                parts.append(f"/ FastAPI {ratio:5.2f}x [{'met' if ratio >= 2 else 'MISSED'}]")
-            if kserve:
-                ratio = ours.rps / kserve.rps
-                verdict = "met" if ratio > 1 else "MISSED"
-                parts.append(f"/ KServe {kserve_proto} {ratio:5.2f}x [{verdict}]")
-            print("  ".join(parts))
+        for c in levels:
+            lines = []
+            for proto in ("rest", "grpc"):
+                ours = (m, "mlp", proto, c)
+                # The best hand-tuned variant measured, for this protocol and concurrency.
+                tuned = [(m, v, proto, c) for v in MLP_VARIANTS[1:] if (m, v, proto, c) in table]
+                if tuned:
+                    best = max(tuned, key=lambda k: table[k].rps)
+                    lines.append(ratio_line(table, ours, best, ">= 0.9x", 0.9))
+                lines.append(ratio_line(table, ours, (m, "kserve", proto, c), "above", 1.0))
+            competent = (m, "competent", "rest", c)
+            if c == max(levels):
+                lines.append(ratio_line(table, (m, "mlp", "rest", c), competent, ">= 1.0x", 1.0))
+                lines.append(ratio_line(table, (m, "mlp", "grpc", c), competent, ">= 1.5x", 1.5))
+            for line in lines:
+                if line is not None:
+                    print(line)
+    low = min(levels)
     print()
     print(f"Added p50 latency over in-process onnxruntime (concurrency {low})")
+    servers = (*MLP_VARIANTS, "competent", "fastapi", "kserve")
     for spec in specs:
         base = table.get((spec.name, "inproc", "-", low))
         if base is None:
             continue
         cells = [
             f"{server} {proto} +{table[k].p50 - base.p50:.3f} ms"
-            for server in ("mlp", "mlp-delay", "mlp-nobatch", "fastapi", "kserve")
+            for server in servers
             for proto in ("rest", "grpc")
             if (k := (spec.name, server, proto, low)) in table
         ]
@@ -653,7 +755,22 @@ def main() -> None:
         "--load",
         choices=["auto", "h2load", "python"],
         default="auto",
-        help="load generator for the servers: h2load (C; auto when installed) or Python threads",
+        help="load generator for the servers: h2load (C; auto when installed; REST through "
+        "--rest-load) or Python threads",
+    )
+    parser.add_argument(
+        "--rest-load",
+        choices=["wrk", "h2load"],
+        default="wrk" if wrk_client.find() else "h2load",
+        help="REST's load generator with --load h2load (default wrk when installed)",
+    )
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        choices=[*MLP_VARIANTS, "competent", "fastapi", "kserve"],
+        default=["mlp", "mlp-tuned", "competent", "kserve"],
+        help="servers to compare (mlp: the defaults; mlp-tuned/-delay/-nobatch: tuned by hand; "
+        "competent/fastapi: FastAPI written well/naively; kserve)",
     )
     parser.add_argument(
         "--queue-delay-ms",
@@ -670,7 +787,7 @@ def main() -> None:
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
     parser.add_argument("--no-pin", action="store_true", help="leave processes unpinned")
-    parser.add_argument("--no-kserve", action="store_true", help="leave KServe out")
+    parser.add_argument("--no-kserve", action="store_true", help="leave KServe out (--servers)")
     parser.add_argument("--kserve-venv", type=Path, default=KSERVE_VENV)
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args()
@@ -685,7 +802,9 @@ def main() -> None:
     if args.provider not in ort.get_available_providers():
         sys.exit(f"{args.provider} is not available here: {ort.get_available_providers()}")
 
-    kserve_problem = None if not args.no_kserve else "left out (--no-kserve)"
+    if args.no_kserve and "kserve" in args.servers:
+        args.servers.remove("kserve")
+    kserve_problem = None if "kserve" in args.servers else "left out"
     if kserve_problem is None:
         kserve_problem = ensure_kserve_venv(args.kserve_venv, args.provider)
     pin(client_core)
@@ -695,7 +814,11 @@ def main() -> None:
         f"{args.requests} requests or {args.seconds} s per cell",
         flush=True,
     )
-    load = "h2load (C)" if args.load == "h2load" else "Python threads in this process"
+    load = (
+        f"{args.rest_load} (REST) and h2load (gRPC)"
+        if args.load == "h2load"
+        else "Python threads in this process"
+    )
     print(f"load generator for the servers: {load}; in-process cells: Python", flush=True)
     for spec in MODELS:
         print(f"  {spec.name}: {spec.layers} ({spec.parameters:,} parameters)")
@@ -705,11 +828,14 @@ def main() -> None:
         logs.mkdir()
         write_repository(repo)
         servers = {
-            "mlp": mlp_server(repo, args.provider, True, logs),
-            "mlp-delay": mlp_server(repo, args.provider, True, logs, args.queue_delay_ms),
-            "mlp-nobatch": mlp_server(repo, args.provider, False, logs),
-            "fastapi": plain_server(repo, args.provider, logs),
+            label: mlp_server(repo, args.provider, label, logs, args.queue_delay_ms)
+            for label in MLP_VARIANTS
+            if label in args.servers
         }
+        if "competent" in args.servers:
+            servers["competent"] = competent_server(repo, args.provider, logs)
+        if "fastapi" in args.servers:
+            servers["fastapi"] = plain_server(repo, args.provider, logs)
         if kserve_problem is None:
             servers["kserve"] = kserve_server(args.kserve_venv, repo, args.provider, logs)
         else:
@@ -720,7 +846,9 @@ def main() -> None:
                 server.start(server_core)
             for server in servers.values():
                 server.wait_ready()
-            report_providers(servers["mlp"])
+            ours = next((servers[v] for v in MLP_VARIANTS if v in servers), None)
+            if ours is not None:
+                report_providers(ours)
             targets = make_targets(
                 MODELS, repo, args.provider, servers, closers, args.queue_delay_ms
             )
@@ -732,9 +860,8 @@ def main() -> None:
                 close()
             for server in servers.values():
                 server.stop()
-    low, high = min(args.concurrency), max(args.concurrency)
     table = print_table(targets, args.concurrency)
-    print_goals(table, MODELS, high, low)
+    print_goals(table, MODELS, sorted(args.concurrency))
     if args.json:
         rows = [
             {"model": k[0], "server": k[1], "protocol": k[2], "concurrency": k[3], **vars(s)}

@@ -64,7 +64,9 @@ class Measured:
     seconds: float
     latencies: list[float]  # seconds
     errors: int
-    client_cpu: float  # h2load's CPU seconds over the wall seconds
+    client_cpu: float  # the load generator's CPU seconds over the wall seconds
+    # Percentile (0-100) -> seconds, from a generator that reports only those (wrk).
+    percentiles: dict[float, float] | None = None
 
 
 def run(request: Request, concurrency: int, seconds: float, warmup: int) -> Measured:
