@@ -30,6 +30,10 @@ from pathlib import Path
 BYTES_PER_THREAD = 8 << 20
 
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+# Set by the supervisor of `mlp serve --workers N` in each worker's environment: the CPUs one
+# worker may count on (the usable CPUs shared out), so that N workers do not each size their
+# pools for the whole machine.
+WORKER_CPUS_ENV = "MLP_SERVE_WORKER_CPUS"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -39,18 +43,24 @@ class CpuBudget:
 
     affinity: int
     quota: float | None = None
+    worker_share: int | None = None  # one of several workers: its part of the CPUs
 
     @property
     def usable(self) -> int:
         """Whole CPUs: a quota of 1.5 CPUs is one thread that never waits for throttling."""
-        if self.quota is None:
-            return max(1, self.affinity)
-        return max(1, min(self.affinity, math.floor(self.quota)))
+        usable = self.affinity if self.quota is None else min(self.affinity, math.floor(self.quota))
+        if self.worker_share is not None:
+            usable = min(usable, self.worker_share)
+        return max(1, usable)
 
     def describe(self) -> str:
         plural = "s" if self.usable != 1 else ""
         quota = "none" if self.quota is None else f"{self.quota:g} CPUs"
-        return f"{self.usable} usable CPU{plural} (affinity {self.affinity}, cgroup quota {quota})"
+        share = "" if self.worker_share is None else f", worker share {self.worker_share}"
+        return (
+            f"{self.usable} usable CPU{plural} (affinity {self.affinity}, cgroup quota {quota}"
+            f"{share})"
+        )
 
 
 def cpu_budget(
@@ -62,7 +72,13 @@ def cpu_budget(
     ``cgroup_root`` for the groups ``proc_self_cgroup`` names (tests pass a fake root)."""
     if affinity is None:
         affinity = _own_affinity()
-    return CpuBudget(len(affinity), cgroup_cpu_quota(proc_self_cgroup, cgroup_root))
+    quota = cgroup_cpu_quota(proc_self_cgroup, cgroup_root)
+    return CpuBudget(len(affinity), quota, _worker_share())
+
+
+def _worker_share() -> int | None:
+    value = os.environ.get(WORKER_CPUS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _own_affinity() -> set[int]:
