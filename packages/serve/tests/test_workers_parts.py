@@ -13,6 +13,7 @@ import pytest
 
 from mlp_core.errors import ConfigError, ServingError
 from mlp_serve.config import load_serve_config
+from mlp_serve.threads import WORKER_CPUS_ENV, CpuBudget, choose_threads, cpu_budget
 from mlp_serve.workers.ports import reserve_port
 from mlp_serve.workers.shared_state import SharedState, WorkerState
 from mlp_serve.workers.supervisor import resolve_workers, usable_cpus
@@ -126,3 +127,14 @@ def test_metrics_of_two_processes_are_summed_by_either(tmp_path):
     )
     assert 'mlp_inference_model_info{model="m",provider="CPU",version="1"} 1.0' in text
     assert "process_cpu_seconds_total{pid=" in text
+
+
+def test_a_worker_sizes_its_thread_pools_for_its_share_of_the_cpus(monkeypatch):
+    monkeypatch.delenv(WORKER_CPUS_ENV, raising=False)
+    assert cpu_budget(affinity={0, 1, 2, 3}).worker_share is None
+    monkeypatch.setenv(WORKER_CPUS_ENV, "1")
+    shared = cpu_budget(affinity={0, 1, 2, 3})
+    assert shared.usable == 1 and "worker share 1" in shared.describe()
+    # A large model that would take every CPU takes only the worker's share.
+    assert choose_threads(shared, model_bytes=64 << 20).intra_op_threads == 1
+    assert choose_threads(CpuBudget(4), model_bytes=64 << 20).intra_op_threads == 4

@@ -15,7 +15,6 @@ shared folder and exits 0 (1 if a worker failed or had to be killed).
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -32,6 +31,7 @@ from mlp_core.errors import ConfigError
 from mlp_obs.log import get_logger
 from mlp_obs.multiprocess import MULTIPROCESS_ENV, mark_process_dead
 from mlp_serve.config import ServeConfig
+from mlp_serve.threads import WORKER_CPUS_ENV, cpu_budget
 from mlp_serve.workers.ports import reserve_port
 from mlp_serve.workers.shared_state import Launch, SharedState
 
@@ -46,14 +46,7 @@ KILL_AFTER_DRAIN_SECONDS = 10.0  # beyond the drain time, before SIGKILL
 
 def usable_cpus() -> int:
     """CPUs this process may use: its affinity, capped by its cgroup's CPU quota (containers)."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        count = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
-    if quota is not None:
-        count = min(count, max(1, math.ceil(quota)))
-    return max(1, count)
+    return cpu_budget().usable
 
 
 def resolve_workers(workers: int | str) -> int:
@@ -87,14 +80,11 @@ def serve_workers(
         raise
     root = Path(tempfile.mkdtemp(prefix="mlp-serve-workers-"))
     try:
-        changes: dict[str, object] = {
+        changes = {
             "http_port": http.getsockname()[1],
             "grpc_port": grpc.getsockname()[1],
             "workers": 1,
         }
-        if config.intra_op_threads == 0:
-            # onnxruntime would size each worker's pool for the whole machine: share it out.
-            changes["intra_op_threads"] = max(1, usable_cpus() // workers)
         worker_config = config.model_copy(update=changes)
         state = SharedState(root)
         state.write_launch(
@@ -131,7 +121,14 @@ class Supervisor:
         self.drain_seconds = drain_seconds
         self.slots = [_Slot(i) for i in range(workers)]
         self._stop = threading.Event()
-        self._env = {**os.environ, MULTIPROCESS_ENV: str(state.root)}
+        # Each worker sizes its onnxruntime pools (serve.intra_op_threads: 0) for its share of
+        # the CPUs, not for the whole machine (mlp_serve.threads).
+        self.worker_cpus = max(1, usable_cpus() // workers)
+        self._env = {
+            **os.environ,
+            MULTIPROCESS_ENV: str(state.root),
+            WORKER_CPUS_ENV: str(self.worker_cpus),
+        }
 
     def run(self) -> int:
         previous = {
@@ -141,7 +138,7 @@ class Supervisor:
             log.info(
                 "starting workers",
                 workers=len(self.slots),
-                intra_op_threads=self.config.intra_op_threads,
+                cpus_per_worker=self.worker_cpus,
             )
             for slot in self.slots:
                 self._start(slot)
@@ -258,18 +255,3 @@ def _status(code: int | None) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exit status {code}"
-
-
-def _cgroup_cpu_quota() -> float | None:
-    """CPUs' worth of time the cgroup may use per period, or None where unlimited/unknown."""
-    try:  # cgroup v2: "max 100000" or "200000 100000"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1
-        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return quota_us / period_us if quota_us > 0 else None
-    except (OSError, ValueError):
-        return None
