@@ -50,7 +50,9 @@ class Server:
 
     def owner(self, local_port: int, server_port: int) -> int:
         """The worker whose socket is the server end of the connection from ``local_port``."""
-        deadline = time.monotonic() + 10
+        # A connection waiting in a starting worker's backlog has no socket in any process
+        # until that worker accepts it: wait for that too.
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             for pid in self.workers():
                 try:
