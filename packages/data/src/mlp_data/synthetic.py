@@ -2,7 +2,7 @@
 
 - :func:`write_digits_folder`: scikit-learn's bundled 8x8 handwritten digits as PNGs in a
   class-per-folder tree (for :class:`~mlp_data.image.adapter.ImageFolderAdapter`);
-- :func:`write_shapes_dataset`: rectangles, ellipses and triangles drawn with Pillow on noisy
+- :func:`write_shapes_dataset`: rectangles, circles and triangles drawn with Pillow on noisy
   backgrounds, with exact YOLO labels and a ``data.yaml``
   (for :class:`~mlp_data.detection.adapter.YOLOAdapter`).
 
@@ -18,12 +18,13 @@ import yaml
 from PIL import Image, ImageDraw
 from sklearn.datasets import load_digits
 
-SHAPE_NAMES = ("rectangle", "ellipse", "triangle")
+SHAPE_NAMES = ("rectangle", "circle", "triangle")
 # Backgrounds stay at or below this grey level and shapes at or above SHAPE_MIN in every
 # channel, so a shape is always visible and a test can tell shape pixels from background.
 BACKGROUND_MAX = 120
 SHAPE_MIN = 150
 MAX_OBJECTS = 3
+PLACEMENT_TRIES = 20
 # Every EMPTY_EVERY-th image holds no object; half of those get an empty label file, half none,
 # because YOLO allows both.
 EMPTY_EVERY = 4
@@ -56,17 +57,26 @@ def write_digits_folder(
 
 
 def write_shapes_dataset(
-    root: str | Path, *, n_train: int, n_val: int, image_size: int = 64, seed: int = 0
+    root: str | Path,
+    *,
+    n_train: int,
+    n_val: int,
+    n_test: int = 0,
+    image_size: int = 64,
+    seed: int = 0,
 ) -> Path:
     """Write a YOLO detection dataset under ``root`` and return its ``data.yaml``.
 
-    Layout: ``images/{train,val}/*.png`` with labels in ``labels/{train,val}/*.txt``, one
-    ``class cx cy w h`` line per object, normalised to the image size; classes are
-    ``SHAPE_NAMES``. Each split draws from its own seeded generator, so ``n_val`` does not
-    change the training images.
+    Layout: ``images/{train,val,test}/*.png`` with labels in ``labels/{train,val,test}/*.txt``,
+    one ``class cx cy w h`` line per object, normalised to the image size; classes are
+    ``SHAPE_NAMES``; the test split only when ``n_test`` > 0. Each split draws from its own
+    seeded generator, so ``n_val`` and ``n_test`` do not change the training images.
     """
     root = Path(root)
-    for split_number, (split, count) in enumerate((("train", n_train), ("val", n_val))):
+    counts = (("train", n_train), ("val", n_val), ("test", n_test))
+    for split_number, (split, count) in enumerate(counts):
+        if split == "test" and count == 0:
+            continue
         rng = np.random.default_rng([seed, split_number])
         images, labels = root / "images" / split, root / "labels" / split
         images.mkdir(parents=True, exist_ok=True)
@@ -83,10 +93,30 @@ def write_shapes_dataset(
         "path": ".",
         "train": "images/train",
         "val": "images/val",
+        **({"test": "images/test"} if n_test else {}),
         "names": dict(enumerate(SHAPE_NAMES)),
     }
     data_yaml.write_text(yaml.safe_dump(document, sort_keys=False))
     return data_yaml
+
+
+def _place(
+    rng: np.random.Generator, size: int, square: bool, taken: list[tuple[int, int, int, int]]
+) -> tuple[int, int, int, int] | None:
+    """``(left, top, width, height)`` of a shape that overlaps no shape already drawn (so every
+    label is fully visible), or None after PLACEMENT_TRIES tries."""
+    for _ in range(PLACEMENT_TRIES):
+        width, height = (int(v) for v in rng.integers(size // 6, size // 2 + 1, size=2))
+        if square:
+            height = width
+        left = int(rng.integers(0, size - width + 1))
+        top = int(rng.integers(0, size - height + 1))
+        if all(
+            left + width <= x or x + w <= left or top + height <= y or y + h <= top
+            for x, y, w, h in taken
+        ):
+            return left, top, width, height
+    return None
 
 
 def _draw_scene(
@@ -98,18 +128,21 @@ def _draw_scene(
     image = Image.fromarray((base + noise).astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(image)
     count = int(rng.integers(1, MAX_OBJECTS + 1)) if objects is None else objects
-    lines = []
+    lines: list[str] = []
+    taken: list[tuple[int, int, int, int]] = []
     for _ in range(count):
         shape = int(rng.integers(len(SHAPE_NAMES)))
-        width, height = (int(v) for v in rng.integers(size // 6, size // 2 + 1, size=2))
-        left = int(rng.integers(0, size - width + 1))
-        top = int(rng.integers(0, size - height + 1))
+        placed = _place(rng, size, SHAPE_NAMES[shape] == "circle", taken)
+        if placed is None:
+            continue  # no free spot: fewer objects, never an occluded one
+        left, top, width, height = placed
+        taken.append(placed)
         colour = tuple(int(c) for c in rng.integers(SHAPE_MIN, 256, size=3))
         # Pillow's boxes are inclusive: the shape covers pixels left..right, top..bottom.
         right, bottom = left + width - 1, top + height - 1
         if SHAPE_NAMES[shape] == "rectangle":
             draw.rectangle((left, top, right, bottom), fill=colour)
-        elif SHAPE_NAMES[shape] == "ellipse":
+        elif SHAPE_NAMES[shape] == "circle":
             draw.ellipse((left, top, right, bottom), fill=colour)
         else:
             apex = (left + (width - 1) / 2, top)

@@ -92,6 +92,10 @@ def import_ultralytics() -> ModuleType:
 def _switch_off_network(home: Path) -> None:
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
+    # ultralytics' console lines and progress bars: mlp prints its own progress; they come
+    # back with MLP_LOG_LEVEL=DEBUG (mlp --debug), or YOLO_VERBOSE=True.
+    if os.environ.get("MLP_LOG_LEVEL", "").upper() != "DEBUG":
+        os.environ.setdefault("YOLO_VERBOSE", "False")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(home))
     # ultralytics adds the subfolder "Ultralytics" to YOLO_CONFIG_DIR: its USER_CONFIG_DIR.
     config_dir = Path(os.environ["YOLO_CONFIG_DIR"]).expanduser() / "Ultralytics"

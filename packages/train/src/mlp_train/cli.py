@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from mlp_core.cli import Command
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from mlp_train.run import RunResult
 
 EXIT_INTERRUPTED = 130
+EXIT_USAGE = 2
 
 
 def _configure_train(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +47,17 @@ def _train(args: argparse.Namespace) -> int:
     if getattr(args, "debug", False):
         # `mlp --debug train`: every library's lines too (mlp_obs.log shows them as DEBUG).
         os.environ.setdefault("MLP_LOG_LEVEL", "DEBUG")
+    from mlp_core.errors import MissingDependencyError
+    from mlp_train.detection import INSTALL as DETECTION_INSTALL
+
     try:
         result = train(args.config, args.overrides, runs_root=args.run_dir, resume=args.resume)
+    except MissingDependencyError as missing:
+        if missing.install != DETECTION_INSTALL:
+            raise
+        # A usage problem, not a failed run: detection needs the yolo extra (ultralytics).
+        print(f"mlp train: error: {missing}", file=sys.stderr)
+        return EXIT_USAGE
     except TrainingInterrupted as stop:
         print(f"mlp train: {stop.message}\n  resume with: mlp train --resume <run folder>")
         return EXIT_INTERRUPTED

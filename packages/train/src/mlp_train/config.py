@@ -134,6 +134,11 @@ class TrainerConfig(TrainingSection):
     tracking: TrackingConfig = TrackingConfig()
     prometheus: PrometheusConfig | None = None
     run_name: str | None = None
+    yolo: dict[str, Any] = Field(
+        default_factory=dict,
+        description="detection: ultralytics training arguments passed through (warmup_epochs, "
+        "mosaic, device: [0, 1], ...); see mlp_train.detection.arguments",
+    )
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ The run folder holds (file names from :class:`mlp_core.runs.RunFiles`)::
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from collections.abc import Sized
@@ -28,7 +29,7 @@ import torch
 import yaml
 
 from mlp_core.config import apply_overrides, load_config, save_config, validate_config
-from mlp_core.errors import CheckpointError, ConfigError
+from mlp_core.errors import CheckpointError, ConfigError, MissingDependencyError
 from mlp_core.files import atomic_write_text
 from mlp_core.runs import RunFiles, new_run_dir
 from mlp_core.seeding import seed_everything
@@ -39,6 +40,8 @@ from mlp_obs.log import bind_context, configure_logging
 from mlp_obs.tracking import ExperimentTracker, create_tracker, tracked_run_id
 from mlp_train.checkpoint import CheckpointStore, load_checkpoint
 from mlp_train.config import TrainConfig, TrainerConfig
+from mlp_train.detection import INSTALL as DETECTION_INSTALL
+from mlp_train.detection import is_detection
 from mlp_train.distributed import DistributedContext
 from mlp_train.plots import plot_confusion_matrix, plot_residuals, plot_training_curves
 from mlp_train.prometheus import PrometheusExposition
@@ -86,7 +89,16 @@ def train(
         _absolute_data_path(config)
         if runs_root is not None:
             config.training.run_dir = Path(runs_root)
+        _require_detection_extra(config)
         run_dir = _new_run_dir(config, dist)
+    if is_detection(config):
+        # ultralytics' own engine trains detectors (its DDP included): mlp_train.detection.
+        from mlp_train.detection.run import train_detection
+
+        _require_detection_extra(config)
+        return train_detection(
+            config, run_dir, resume=resume is not None, source=str(config_path or run_dir)
+        )
     training = config.training
     files = RunFiles(run_dir)
     if dist.is_main:
@@ -143,6 +155,11 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, float]:
     run_dir = Path(run_dir)
     files = RunFiles(run_dir)
     config = _read_run_config(run_dir)
+    if is_detection(config):
+        from mlp_train.detection.run import evaluate_detection
+
+        _require_detection_extra(config)
+        return evaluate_detection(run_dir, split)
     seed_everything(config.training.seed)
     adapter = create_adapter(config.data.model_dump(), source=str(files.config))
     adapter.prepare()
@@ -158,6 +175,15 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, float]:
     existing.update(values)
     _write_json(path, existing)
     return values
+
+
+def _require_detection_extra(config: TrainConfig) -> None:
+    """Detection needs ultralytics (the ``yolo`` extra): say so before a run folder exists."""
+    if is_detection(config) and importlib.util.find_spec("ultralytics") is None:
+        raise MissingDependencyError(
+            f"training {config.model.name!r} on {config.data.adapter!r} data (object detection)",
+            DETECTION_INSTALL,
+        )
 
 
 def build_model(config: TrainConfig, info: DatasetInfo) -> BaseModel:
@@ -236,7 +262,7 @@ def _finish(
 
 
 # The few metrics a person reads in the summary; all of them are in metrics.json.
-HEADLINE = ("accuracy", "f1_macro", "roc_auc", "rmse", "mae", "r2", "loss")
+HEADLINE = ("accuracy", "f1_macro", "roc_auc", "rmse", "mae", "r2", "loss", "mAP50", "mAP50-95")
 
 
 def _headline(key: str) -> bool:

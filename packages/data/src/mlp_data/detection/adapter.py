@@ -1,15 +1,22 @@
 """Object detection data in the YOLO format (see :mod:`mlp_data.detection.yolo_format`).
 
 Splits come from ``data.yaml``, never from a random cut. Every image is verified and every label
-line checked at load time; problems fail the load or drop the images they touch, as
-``data.on_corrupt`` says. Images are resized to ``imgsz`` x ``imgsz`` without letterboxing, so
-the normalised boxes of the label files stay valid unchanged; pixels are scaled to [0, 1] and not
+line checked at load time, before any trainer sees them; problems fail the load (naming
+``file:line``) or drop the images they touch, as ``data.on_corrupt`` says.
+
+Images are letterboxed to ``imgsz`` x ``imgsz`` as ultralytics evaluates them (scaled to fit,
+padded with grey 114; :class:`mlp_core.image_spec.ImageEvalSpec` with ``resize_mode:
+letterbox``, which :meth:`YOLOAdapter.preprocessing` returns for export and serving); the boxes
+are moved into the letterboxed image and stay normalised. Pixels are scaled to [0, 1] and not
 mean-normalised (the YOLO convention).
+
+``data.synthetic`` writes :func:`mlp_data.synthetic.write_shapes_dataset` to ``data.path``
+first when no ``data.yaml`` is there yet (``examples/shapes``: the repository carries no
+images).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +27,11 @@ from torch.utils.data import Dataset
 
 from mlp_core.batch import BOXES, IMAGE, PATHS
 from mlp_core.errors import ConfigError, DataError
+from mlp_core.image_spec import CHANNEL_ORDER, ImageEvalSpec
 from mlp_data.base import AdapterConfig, DataAdapter, DatasetInfo
+from mlp_data.detection.synthesis import ShapesSpec, ensure_shapes
 from mlp_data.detection.yolo_format import (
+    DATA_YAML,
     YOLODataYAML,
     images_of,
     label_path,
@@ -29,16 +39,36 @@ from mlp_data.detection.yolo_format import (
     read_labels,
 )
 from mlp_data.image.files import OnCorrupt, find_bad_images, handle_bad_files, open_image
-from mlp_data.image.transforms import AugmentConfig, ImagePreprocessor, ImageTransformConfig
 from mlp_data.registry import register_adapter
 
 DetectionSample = tuple[Path, np.ndarray]
+PAD_VALUE = 114  # ultralytics' letterbox grey
 
 
 class YOLOConfig(AdapterConfig):
     adapter: str = "yolo"
-    imgsz: int = Field(default=640, gt=0, description="images are resized to imgsz x imgsz")
+    imgsz: int = Field(default=640, gt=0, description="images are letterboxed to imgsz x imgsz")
     on_corrupt: OnCorrupt = "fail"
+    synthetic: ShapesSpec | None = Field(
+        default=None,
+        description="write the synthetic shapes dataset to path first if it has no data.yaml",
+    )
+
+
+def letterbox_spec(imgsz: int) -> ImageEvalSpec:
+    """ultralytics' evaluation geometry (LetterBox, auto=False) as the shared image spec."""
+    return ImageEvalSpec(
+        color_mode="RGB",
+        resize_mode="letterbox",
+        resize_size=(imgsz, imgsz),
+        crop_size=(imgsz, imgsz),
+        interpolation="bilinear",
+        pad_value=PAD_VALUE,
+        scale=1.0 / 255.0,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        channel_order=CHANNEL_ORDER["RGB"],
+    )
 
 
 def detection_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -59,24 +89,39 @@ def detection_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class DetectionDataset(Dataset):
-    """``(image path, boxes [n, 5])`` pairs; images decoded and resized on access."""
+    """``(image path, boxes [n, 5])`` pairs; images decoded and letterboxed on access, boxes
+    moved with them (still normalised, now to the letterboxed image)."""
 
-    def __init__(
-        self, samples: list[DetectionSample], transform: Callable[[Any], torch.Tensor]
-    ) -> None:
+    def __init__(self, samples: list[DetectionSample], spec: ImageEvalSpec) -> None:
         self.samples = samples
-        self.transform = transform
+        self.spec = spec
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, boxes = self.samples[index]
+        image = open_image(path)
         return {
-            IMAGE: self.transform(open_image(path)),
-            BOXES: torch.from_numpy(boxes),
+            IMAGE: torch.from_numpy(self.spec.apply(image)),
+            BOXES: torch.from_numpy(letterboxed_boxes(boxes, image.height, image.width, self.spec)),
             PATHS: str(path),
         }
+
+
+def letterboxed_boxes(
+    boxes: np.ndarray, height: int, width: int, spec: ImageEvalSpec
+) -> np.ndarray:
+    """``[n, 5]`` rows (class, cx, cy, w, h) normalised to a ``height`` x ``width`` image ->
+    normalised to that image letterboxed by ``spec``."""
+    box = spec.letterbox(height, width)
+    out_h, out_w = spec.crop_size
+    moved = boxes.astype(np.float32).copy()
+    moved[:, 1] = (boxes[:, 1] * box.width + box.left) / out_w
+    moved[:, 3] = boxes[:, 3] * box.width / out_w
+    moved[:, 2] = (boxes[:, 2] * box.height + box.top) / out_h
+    moved[:, 4] = boxes[:, 4] * box.height / out_h
+    return moved
 
 
 @register_adapter("yolo")
@@ -87,17 +132,7 @@ class YOLOAdapter(DataAdapter):
 
     def __init__(self, config: YOLOConfig) -> None:
         super().__init__(config)
-        size = (config.imgsz, config.imgsz)
-        # A plain resize to a square: resize and crop sizes equal, so the crop is a no-op.
-        self.preprocessor = ImagePreprocessor(
-            ImageTransformConfig(
-                image_size=size,
-                resize=size,
-                mean=(0.0, 0.0, 0.0),
-                std=(1.0, 1.0, 1.0),
-                augment=AugmentConfig(enabled=False),
-            )
-        )
+        self.spec = letterbox_spec(config.imgsz)
         self.data_yaml: YOLODataYAML | None = None
         self.images: dict[str, list[Path]] = {}
         self.splits: dict[str, list[DetectionSample]] = {}
@@ -112,6 +147,10 @@ class YOLOAdapter(DataAdapter):
                 "data.path: required by the yolo adapter",
                 hint="Set data.path to the dataset's data.yaml or the folder that holds it.",
             )
+        if self.config.synthetic is not None:
+            folder = self.config.path
+            folder = folder.parent if folder.name == DATA_YAML else folder
+            ensure_shapes(folder, self.config.synthetic)
         self.data_yaml = read_data_yaml(self.config.path)
         self.images = {
             split: [image for source in sources for image in images_of(source)]
@@ -145,7 +184,7 @@ class YOLOAdapter(DataAdapter):
 
     def dataset(self, split: str) -> DetectionDataset:
         self.prepare()
-        return DetectionDataset(self.splits[split], self.preprocessor.eval_transform)
+        return DetectionDataset(self.splits[split], self.spec)
 
     def info(self) -> DatasetInfo:
         self.prepare()
@@ -157,4 +196,11 @@ class YOLOAdapter(DataAdapter):
         )
 
     def preprocessing(self) -> dict[str, Any]:
-        return self.preprocessor.eval_spec().to_dict()
+        """The letterbox :class:`~mlp_core.image_spec.ImageEvalSpec` (what export and serving
+        apply to an image before the network)."""
+        return self.spec.to_dict()
+
+    def split_images(self, split: str) -> list[Path]:
+        """The checked images of one split (what a trainer may read), in data.yaml order."""
+        self.prepare()
+        return [path for path, _ in self.splits[split]]
