@@ -93,6 +93,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _local_predict(args: argparse.Namespace) -> int:
+    from mlp_serve.errors import InferenceError
+
+    try:
+        return _run_locally(args)
+    except InferenceError as exc:
+        # The server's errors, with a hint for this command rather than a server's client.
+        raise ServingError(
+            exc.message, hint="Check MODEL, --local and the input named above."
+        ) from None
+
+
+def _run_locally(args: argparse.Namespace) -> int:
     import os
 
     from mlp_obs.log import LEVEL_ENV, configure_logging
@@ -312,8 +324,6 @@ def _grpc_predict(args: argparse.Namespace) -> list[dict]:
         params = {key: value.string_value for key, value in config.parameters.items()}
         if args.image is not None and "detection" in params:
             return _grpc_detect(args, call, meta.inputs[0].name, params)
-        if args.image is not None and "detection" in params:
-            return _grpc_detect(args, call, meta.inputs[0].name, params)
         input_names = [tensor.name for tensor in meta.inputs]
         output_names = [tensor.name for tensor in meta.outputs]
         if args.image is not None:
@@ -336,23 +346,6 @@ def _grpc_predict(args: argparse.Namespace) -> list[dict]:
             reply = call("ModelInfer", message, pb.ModelInferResponse)
             predictions += format_predictions(decode_infer_response(reply), class_labels)
     return predictions
-
-
-def _grpc_detect(args: argparse.Namespace, call: Any, input_name: str, params: dict) -> list:
-    """A detection model's boxes for ``--image``, in its pixels (as the REST endpoint answers)."""
-    from mlp_serve._generated import mlp_inference_pb2 as pb
-    from mlp_serve.detection_images import detection_images_request, format_detections
-    from mlp_serve.grpc.codec import decode_infer_response, encode_infer_request
-    from mlp_serve.images import eval_spec
-
-    spec = eval_spec(json.loads(params["preprocessing"]))
-    request, _, letterboxes = detection_images_request(
-        spec, input_name, [(args.image.read_bytes(), str(args.image))]
-    )
-    message = encode_infer_request(args.model, request, args.version or "")
-    reply = call("ModelInfer", message, pb.ModelInferResponse)
-    labels = json.loads(params.get("class_labels") or "[]")
-    return format_detections(decode_infer_response(reply), letterboxes, labels)
 
 
 def _grpc_detect(args: argparse.Namespace, call: Any, input_name: str, params: dict) -> list:
