@@ -42,7 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h2load_client  # beside this script, which Python puts first on sys.path
@@ -126,12 +126,18 @@ class Server:
     grpc_port: int | None
     env: dict[str, str] | None = None
     process: subprocess.Popen | None = None
+    sockets: list[socket.socket] = field(default_factory=list)  # handed to the server by fd
 
     def start(self, log: Path) -> None:
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=HERE
+                self.command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=HERE,
+                pass_fds=[s.fileno() for s in self.sockets],
             )
 
     def wait_ready(self, ready: Callable[[], bool], timeout: float = 120) -> None:
@@ -183,12 +189,22 @@ def mlp_server(repo: Path, workers: int) -> Server:
 
 
 def competent_server(repo: Path, workers: int) -> Server:
-    port = free_port()
+    # uvicorn --workers binds its socket with protocol 0, so asyncio never sets TCP_NODELAY on
+    # the connections and each response waits for the client's delayed ACK (about 40 ms: 21
+    # requests/s on one connection with uvicorn 0.54). A user would hit that; the comparison here
+    # is about CPU, so uvicorn gets a listening socket with TCP_NODELAY (inherited by accepted
+    # sockets on Linux) through --fd.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
     command = [sys.executable, "-m", "uvicorn", "bench_workers:competent_app", "--factory"]
-    command += ["--app-dir", str(HERE), "--port", str(port), "--workers", str(workers)]
+    command += ["--app-dir", str(HERE), "--fd", str(sock.fileno()), "--workers", str(workers)]
     command += ["--no-access-log", "--http", "httptools", "--log-level", "warning"]
     env = {**os.environ, "BENCH_WORKERS_REPO": str(repo)}
-    return Server(f"fastapi x{workers}", workers, command, port, None, env)
+    server = Server(f"fastapi x{workers}", workers, command, sock.getsockname()[1], None, env)
+    server.sockets = [sock]
+    return server
 
 
 def competent_app():
