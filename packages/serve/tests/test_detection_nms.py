@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from detection_helpers import LABELS, as_input, painted, raw_head, reference_nms
+from detection_serve_helpers import LABELS, as_input, painted, raw_head, reference_nms
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

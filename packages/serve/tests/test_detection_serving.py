@@ -2,7 +2,7 @@
 (tritonclient), request thresholds, the raw head on request, dynamic batching, image uploads in
 any size (JSON boxes in the image's pixels, or a rendered PNG), and refusals of bad input.
 
-The bundle is the synthetic model of detection_helpers: its detections are known from the image.
+The bundle is the synthetic model of detection_serve_helpers: its detections are known from the image.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from detection_helpers import (
+from detection_serve_helpers import (
     LABELS,
     LETTERBOX_SPEC,
     RAW,

@@ -7,7 +7,7 @@ anchor ``row * 8 + col`` is a 16 x 16 box centred on its cell, and its three cla
 the letterbox padding included, scores 0 everywhere). A coloured square on a black image is therefore detected where it is, with its colour as class. Two boxes of next cells
 overlap with IoU 1/3: kept at ``iou`` 0.7, the weaker suppressed at 0.3 when they share a class.
 
-Imported by name (``from detection_helpers import ...``), here and from the workspace tests.
+Imported by name (``from detection_serve_helpers import ...``), here and from the workspace tests.
 """
 
 from __future__ import annotations
