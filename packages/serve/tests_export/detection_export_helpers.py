@@ -1,8 +1,9 @@
 """A detection run folder written by hand (the layout `mlp train` writes), around a real YOLOModel.
 
-The export suite runs without mlp-train and mlp-data, so the run is made here: a yolov8n network
-for 3 classes at imgsz 64, its class branches given a bias so that an untrained network still
-finds a few dozen boxes per image (a gate on zero boxes would prove nothing), saved as
+The export suite runs without mlp-train and mlp-data, so the run is made here: yolov8n's
+architecture at a sixteenth of its width (the same layers, 8 to 64 channels: fast) for 3 classes
+at imgsz 64, its class branches given a bias so that an untrained network still finds a few dozen
+boxes per image (a gate on zero boxes would prove nothing), saved as
 ultralytics saves ``weights/best.pt`` (the model in float16) and as the run's ``model`` loaded
 from that checkpoint, as ``mlp train`` does. The data is a YOLO dataset of a few seeded images of
 coloured shapes with a ``data.yaml``. Imported by name (``from detection_export_helpers import
@@ -21,6 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mlp_models import create_model
+from mlp_models.ultralytics_env import import_ultralytics
 
 IMGSZ = 64
 CLASSES = ["rectangle", "circle", "triangle"]
@@ -93,12 +95,23 @@ def write_detection_run(folder: Path, *, data: Path | None = None, bias: float =
     data_path = str(data) if data is not None else str(folder / "no-such-data")
     (folder / "config.yaml").write_text(
         f"data:\n  adapter: yolo\n  path: {data_path}\n  imgsz: {IMGSZ}\n"
-        "model:\n  name: yolo\n  arch: yolov8n.yaml\ntraining:\n  experiment: tests\n"
+        "model:\n  name: yolo\n  arch: yolov8n.yaml  # at width 1/16\ntraining:\n  experiment: tests\n"
     )
     (folder / "dataset.json").write_text(json.dumps({"task": "detection", "class_names": CLASSES}))
     (folder / "preprocessing.json").write_text(json.dumps(LETTERBOX_SPEC))
     (folder / "metrics.json").write_text(json.dumps({"test": {"mAP50": 0.0}}))
     return folder
+
+
+def narrow_arch() -> dict[str, Any]:
+    """yolov8n.yaml's document at width 1/16 (ultralytics' scales: depth, width, max channels)."""
+    import_ultralytics()
+    from ultralytics.nn.tasks import yaml_model_load
+
+    document = copy.deepcopy(yaml_model_load("yolov8n.yaml"))
+    document["scales"] = {"n": [0.33, 0.0625, 1024]}
+    document["scale"] = "n"
+    return document
 
 
 def detection_model(bias: float = -1.0) -> Any:  # an mlp_models.YOLOModel
@@ -110,7 +123,7 @@ def detection_model(bias: float = -1.0) -> Any:  # an mlp_models.YOLOModel
     """
     torch.manual_seed(0)
     model = create_model(
-        "yolo", num_classes=len(CLASSES), class_names=CLASSES, arch="yolov8n.yaml", image_size=64
+        "yolo", num_classes=len(CLASSES), class_names=CLASSES, arch=narrow_arch(), image_size=64
     )
     network: Any = model.network
     rng = np.random.default_rng(1)

@@ -38,9 +38,11 @@ from mlp_serve.export import parity
 from mlp_serve.export.built import Built
 from mlp_serve.export.detection_parity import (
     DETECTION_TOLERANCES,
+    LOW_CONFIDENCE,
     compare_detections,
     detection_samples,
     letterboxed,
+    raw_heads,
     served_detections,
     ultralytics_detections,
 )
@@ -87,9 +89,14 @@ class DetectionExport:
         )
         self.samples = detection_samples(run.data_path, self.spec)
         self.inputs = letterboxed(self.spec, self.samples.images)
-        self.reference = _reference(run, network, self.samples.images, self.spec, self.params)
+        # The defaults (what a request gets), then val's low confidence (many more boxes).
+        self.checks = {
+            "defaults": self.params,
+            "low_confidence": DetectionParams(LOW_CONFIDENCE, self.params.iou, 300),
+        }
+        self.reference = _reference(run, network, self.samples.images, self.spec, self.checks)
         self.records: dict[str, dict[str, Any]] = {}
-        self.served: dict[str, Any] = {}
+        self.served: dict[str, dict[str, Any]] = {}
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -102,20 +109,24 @@ class DetectionExport:
         proto = self._with_metadata(net)
         session = parity.onnx_session(proto.SerializeToString())
         name = session.get_inputs()[0].name
-        detections, heads = served_detections(
-            lambda images: session.run(None, {name: images})[0],
-            self.spec,
-            self.samples.images,
-            self.inputs,
-            self.params,
-        )
+        heads = raw_heads(lambda images: session.run(None, {name: images})[0], self.inputs)
         tolerance = DETECTION_TOLERANCES[precision]
-        record = compare_detections(self.reference, detections, self.params, tolerance)
-        record = {"reference": REFERENCE, "source": self.samples.source, **record}
-        self.records[precision], self.served[precision] = record, detections
+        served, results = {}, {}
+        for check, params in self.checks.items():
+            served[check] = served_detections(heads, self.spec, self.samples.images, params)
+            results[check] = compare_detections(
+                self.reference[check], served[check], params, tolerance
+            )
+        record = {"reference": REFERENCE, "source": self.samples.source, **results["defaults"]}
+        low = results["low_confidence"]
+        record["low_confidence"] = {k: v for k, v in low.items() if k not in ("images", "failures")}
+        record["passed"] = all(result["passed"] for result in results.values())
+        failures = [f"{check}: {text}" for check, r in results.items() for text in r["failures"]]
+        record["failures"] = failures[:10]
+        self.records[precision], self.served[precision] = record, served
         checked = Parity(
             samples=len(self.samples.images),
-            max_abs_diff=record["max_score_diff"],
+            max_abs_diff=max(result["max_score_diff"] for result in results.values()),
             tolerance=tolerance.score,
             passed=record["passed"],
         )
@@ -137,7 +148,10 @@ class DetectionExport:
     def compare(self, fp32: Built, other: Built, precision: str) -> dict[str, Any]:
         tolerance = DETECTION_TOLERANCES[precision]
         agreement = compare_detections(
-            self.served["fp32"], self.served[precision], self.params, tolerance
+            self.served["fp32"]["defaults"],
+            self.served[precision]["defaults"],
+            self.params,
+            tolerance,
         )
         boxes = np.abs(fp32.outputs[:, :4] - other.outputs[:, :4])
         scores = np.abs(fp32.outputs[:, 4:] - other.outputs[:, 4:])
@@ -240,8 +254,8 @@ def _reference(
     network: torch.nn.Module,
     images: list[np.ndarray],
     spec: ImageEvalSpec,
-    params: DetectionParams,
-) -> list[np.ndarray]:
+    checks: dict[str, DetectionParams],
+) -> dict[str, list[np.ndarray]]:
     weights = run.path / WEIGHTS
     if not weights.is_file():
         raise BundleError(
@@ -261,7 +275,10 @@ def _reference(
             "would not be the model ultralytics evaluated",
             hint="Both come from one training run; export an intact run folder.",
         )
-    return ultralytics_detections(yolo, images, spec, params)
+    return {
+        check: ultralytics_detections(yolo, images, spec, params)
+        for check, params in checks.items()
+    }
 
 
 def _weights_differ(ours: torch.nn.Module, theirs: torch.nn.Module) -> str | None:

@@ -91,6 +91,7 @@ def to_onnx(
             errors.append(f"{exporter}: {type(exc).__name__}: {exc}")
             continue
         _check_io(proto)
+        _fix_output_shape(proto, module, example)
         return proto, exporter
     raise BundleError(
         "torch.onnx.export failed for the detection network:\n  " + "\n  ".join(errors),
@@ -140,6 +141,18 @@ def _check_io(proto: onnx.ModelProto) -> None:
         first = value.type.tensor_type.shape.dim[0]
         if first.dim_value and not first.dim_param:
             raise BundleError(f"the exported network fixed the batch axis of {value.name!r}")
+
+
+def _fix_output_shape(proto: onnx.ModelProto, module: RawHead, example: torch.Tensor) -> None:
+    """Write the head's channel and anchor counts into the output's type: the TorchScript
+    exporter leaves them symbolic, and a server reads the class count from there."""
+    with torch.no_grad():
+        shape = module(example).shape
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    for axis in (1, 2):
+        dims[axis].Clear()
+        dims[axis].dim_value = int(shape[axis])
+    onnx.checker.check_model(proto)
 
 
 def to_torchscript(module: RawHead, input_size: tuple[int, int]) -> bytes:

@@ -7,7 +7,9 @@ The served path is what ``mlp serve`` does with an uploaded image: the letterbox
 ``weights/best.pt`` with the same thresholds. Both get the same decoded pixels (Pillow's; BGR for
 ultralytics, which takes arrays as OpenCV gives them), so image decoding is not what is compared.
 
-The images are the run's test split (else val, else train) read from its ``data.yaml``, at most
+The gate runs twice: at the bundle's default thresholds (what a request gets) and at a low
+confidence (:data:`LOW_CONFIDENCE`, ultralytics' ``val`` threshold), where many more boxes, and
+the NMS among them, are compared. The images are the run's test split (else val, else train) read from its ``data.yaml``, at most
 :data:`MAX_IMAGES`; when the data cannot be found, seeded synthetic images of coloured shapes.
 
 Comparison, per image: detections of the same class are paired greedily by IoU (pairs need
@@ -40,6 +42,7 @@ IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".
 SPLITS = ("test", "val", "train")
 PAIR_IOU = 0.5  # two detections closer than this are not the same object
 BATCH = 16  # images per onnxruntime run
+LOW_CONFIDENCE = 0.001  # ultralytics' val threshold: every box mAP counts
 
 
 @dataclass(frozen=True)
@@ -150,18 +153,21 @@ def letterboxed(spec: ImageEvalSpec, images: Sequence[np.ndarray]) -> npt.NDArra
     return np.stack([spec.apply(Image.fromarray(image)) for image in images])
 
 
-def served_detections(
-    run_network: Any,
-    spec: ImageEvalSpec,
-    images: Sequence[np.ndarray],
-    inputs: npt.NDArray[np.float32],
-    params: DetectionParams,
-) -> tuple[Detections, npt.NDArray[np.float32]]:
-    """The served detections (in each image's own pixels) and the raw heads, by the server's
-    NMS; ``run_network`` maps ``[n, 3, H, W]`` inputs to raw heads (onnxruntime)."""
-    heads = np.concatenate(
+def raw_heads(run_network: Any, inputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The network's raw heads for ``[N, 3, H, W]`` inputs, :data:`BATCH` images per run;
+    ``run_network`` is one onnxruntime run."""
+    return np.concatenate(
         [run_network(inputs[i : i + BATCH]) for i in range(0, len(inputs), BATCH)]
     )
+
+
+def served_detections(
+    heads: npt.NDArray[np.float32],
+    spec: ImageEvalSpec,
+    images: Sequence[np.ndarray],
+    params: DetectionParams,
+) -> Detections:
+    """What the server answers for these raw heads: its NMS, then each image's own pixels."""
     kept = non_max_suppression(heads, params.confidence, params.iou, params.max_detections)
     detections = []
     for image, rows in zip(images, kept):
@@ -169,7 +175,7 @@ def served_detections(
         out = rows.copy()
         out[:, :4] = box.to_original(rows[:, :4])
         detections.append(out)
-    return detections, heads
+    return detections
 
 
 def ultralytics_detections(
