@@ -142,6 +142,10 @@ class DirectRunner:
         self._observe(_rows(feeds), compute, [0.0])
         return results
 
+    def run_alone(self, feeds: Arrays, outputs: Sequence[str]) -> Arrays:
+        """Run at once in the calling thread (see :meth:`DynamicBatcher.run_alone`)."""
+        return self.run_in_thread(feeds, outputs)
+
     async def submit(self, feeds: Arrays, outputs: Sequence[str]) -> Arrays:
         if self._closed:
             raise ModelUnavailable("the model is being unloaded")
@@ -241,6 +245,16 @@ class DynamicBatcher:
                 return pending.outcome()
         self._lead(pending)
         return pending.outcome()
+
+    def run_alone(self, feeds: Arrays, outputs: Sequence[str]) -> Arrays:
+        """Run at once in the calling thread, outside the queue: for a quick model's request on
+        the event loop (:mod:`mlp_serve.inline`), where requests arrive one at a time and would
+        form batches of one anyway, so the queue's bookkeeping is pure cost. onnxruntime runs a
+        session in several threads at once: it may overlap a batch that a gRPC caller leads."""
+        start = time.perf_counter()
+        results = _run_safely(self._run, feeds, tuple(outputs))
+        self._observe(_rows(feeds), time.perf_counter() - start, [0.0])
+        return results
 
     def _gave_up(self, pending: _Pending) -> InferenceError | None:
         """The caller's time ran out: withdraw its request if still queued. The error to raise

@@ -350,9 +350,9 @@ class DataPlane:
     async def _infer(self, entry: ModelVersion, request: InferRequest) -> InferResponse:
         feeds, names = self._validate(entry, request)
         if runs_inline(entry.runtime, self.config.batching):
-            # A quick model: run from the loop's thread, as a gRPC call thread does, rather than
-            # pay a thread hop that costs more than the run (mlp_serve.inline).
-            results = entry.runner.run_in_thread(feeds, names)
+            # A quick model: run on the loop's thread, rather than pay a thread hop that costs
+            # more than the run (mlp_serve.inline).
+            results = entry.runner.run_alone(feeds, names)
         else:
             results = await within(entry.runner.submit(feeds, names), self.config)
         return self._response(entry, request, names, results)

@@ -6,13 +6,13 @@ microseconds the hand-off is the expensive part: on one core it is two thread sw
 cooling the caches, about 100-300 us against the run's 5-50 us. A competent hand-written FastAPI
 server calls ``session.run`` inline and wins by exactly that.
 
-So a quick model's REST request goes through its runner as a gRPC call thread does
-(``run_in_thread``), from the loop's thread: it leads a batch of its own (with whatever gRPC
-requests queued meanwhile) or, when a gRPC thread is leading, waits for that batch; the lead
-passes on as soon as its own request is answered, so the loop blocks for one or two quick batches
-at most. A model is quick when its warm-up run took under :data:`INLINE_MAX_SECONDS`. A runner
-with a queue delay waits for requests to arrive, which on the loop would stop them arriving: its
-requests always take the pool.
+So a quick model's REST request runs on the loop's thread, at once and on its own
+(``runner.run_alone``): requests reach the loop one at a time, so they would form batches of one
+anyway, and the batcher's queue would be bookkeeping for nothing. gRPC calls still batch among
+themselves in their threads; onnxruntime lets a REST run overlap one of their batches. The loop
+blocks for one quick run at most. A model is quick when its warm-up run took under
+:data:`INLINE_MAX_SECONDS`. A runner with a queue delay keeps its REST requests in its queue (they
+wait for company there, which is the point of the delay), through the pool.
 """
 
 from __future__ import annotations
