@@ -388,6 +388,12 @@ def main() -> None:
                         key = (server.label.split()[0], protocol, server.workers)
                         measured = measure(server, request, args.connections, args.seconds)
                         results.setdefault(key, []).append(measured)
+                        rps, cpu, errors = measured
+                        print(
+                            f"  round {round_index + 1}: {server.label} {protocol}: {rps:.0f} "
+                            f"req/s, {cpu * 1e6:.0f} us CPU/req, {errors} errors",
+                            flush=True,
+                        )
                 finally:
                     server.stop()
     report(results, counts, cpus)

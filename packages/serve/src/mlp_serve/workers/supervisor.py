@@ -37,7 +37,7 @@ from mlp_serve.workers.shared_state import Launch, SharedState
 
 log = get_logger(__name__)
 
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.1  # how often exits and readiness are looked at (idle: under 1% of a CPU)
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
 HEALTHY_SECONDS = 60.0  # a worker ready this long resets the backoff
