@@ -15,11 +15,11 @@ limits), so whatever wraps the app wraps it too.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+# Starlette's routing, which FastAPI's router runs on (declared beside fastapi).
 from starlette.routing import BaseRoute, Match, NoMatchFound
-from starlette.types import Receive, Scope, Send
 
 from mlp_serve.dataplane import DataPlane
 from mlp_serve.rest.codec import HEADER_LENGTH, decode_request, encode_response
@@ -48,7 +48,7 @@ class FastInferRoute(BaseRoute):
         self.answer_error = answer_error
         self.protocol = protocol
 
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+    def matches(self, scope: Any) -> tuple[Match, Any]:
         if scope["type"] != "http" or scope.get("method") != "POST":
             return Match.NONE, {}
         found = _INFER_PATH.match(scope["path"])
@@ -56,7 +56,7 @@ class FastInferRoute(BaseRoute):
             return Match.NONE, {}
         return Match.FULL, {"path_params": {"model": found[1], "version": found[2]}}
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
         params = scope["path_params"]
         headers = dict(scope["headers"])  # later duplicates win; these two are never repeated
         try:
@@ -85,7 +85,7 @@ class FastInferRoute(BaseRoute):
         raise NoMatchFound(name, path_params)
 
 
-async def read_body(receive: Receive) -> bytes:
+async def read_body(receive: Callable[[], Awaitable[Any]]) -> bytes:
     """The whole request body (one chunk, or joined chunks)."""
     chunks: list[bytes] = []
     while True:
