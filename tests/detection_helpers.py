@@ -33,6 +33,7 @@ def shapes_config(
             "seed": 0,
             "device": "cpu",
             "run_dir": str(root / "runs"),
+            "run_name": "shapes",
             "progress": "none",
             "tracking": {"backend": "local"},
             "optimizer": {"name": "adamw", "lr": 0.003},

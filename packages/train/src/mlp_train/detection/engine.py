@@ -18,6 +18,7 @@ class is importable by name, which ultralytics' multi-GPU launcher needs: with `
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,21 @@ class RunFolderTrainer(DetectionTrainer):
             file=sys.stderr,
             flush=True,
         )
+
+    def save_model(self) -> Any:
+        """ultralytics' checkpoints, written atomically: a run killed while saving keeps its
+        previous last.pt instead of a truncated one (ultralytics writes in place)."""
+        final = {"last": self.last, "best": self.best}
+        staged = {name: path.with_name(f"{path.name}.part") for name, path in final.items()}
+        self.last, self.best = staged["last"], staged["best"]
+        try:
+            saved = super().save_model()
+        finally:
+            self.last, self.best = final["last"], final["best"]
+        for name, path in staged.items():
+            if path.exists():
+                os.replace(path, final[name])
+        return saved
 
     def _do_train(self) -> None:
         try:

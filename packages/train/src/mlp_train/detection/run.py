@@ -78,12 +78,15 @@ def train_detection(
     require_ultralytics()
     from mlp_models.ultralytics_env import import_ultralytics, preserved_threads
 
-    import_ultralytics()
     files = RunFiles(run_dir)
     save_config(config, files.config)
+    configure_logging(json_file=files.log)
+    # Our adapter checks every image and label line first: bad labels fail with file:line
+    # before ultralytics is even imported.
+    adapter = _adapter(config, source or str(run_dir))
+    import_ultralytics()
     # After ultralytics' import: its logger installs its own handler, which this routes to ours.
     configure_logging(json_file=files.log)
-    adapter = _adapter(config, source or str(run_dir))
     info = adapter.info()
     _write_json(files.dataset, info.as_dict())
     _write_json(files.preprocessing, adapter.preprocessing())
@@ -118,7 +121,7 @@ def train_detection(
         run_dir,
         result["metrics"],
         epochs=len(rows),
-        best=BestEpoch(best, "val.mAP50-95", rows[best]["val.mAP50-95"])
+        best=BestEpoch(best + 1, "val.mAP50-95", rows[best]["val.mAP50-95"])
         if best is not None
         else None,
         plots=result["plots"],

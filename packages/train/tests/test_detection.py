@@ -1,0 +1,245 @@
+"""Detection training through the real `mlp train`: ultralytics' engine in mlp's run folder.
+
+One run serves every test here, and it is a hard one: `mlp train` is killed (SIGKILL) once its
+first epoch's checkpoint is on disk, then `mlp train --resume RUN` finishes it. The finished
+folder must look like any run (plus ultralytics' checkpoints), its model file must hold
+best.pt's weights, and `mlp evaluate` must give ultralytics' own `val` mAP.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from train_helpers import REPO_ROOT, last_line, mlp, subprocess_env
+
+from mlp_core.errors import ConfigError
+from mlp_data.synthetic import write_shapes_dataset
+from mlp_models import YOLOModel, load_model
+from mlp_models.ultralytics_env import import_ultralytics, preserved_threads
+from mlp_train.config import TrainConfig
+from mlp_train.detection.arguments import ultralytics_arguments
+from mlp_train.run import evaluate
+
+IMGSZ = 64
+EPOCHS = 2
+PER_EPOCH = ("train.box_loss", "train.cls_loss", "train.dfl_loss", "val.box_loss")
+PER_EPOCH += ("val.precision", "val.recall", "val.mAP50", "val.mAP50-95", "epoch_seconds")
+FINAL = [f"{s}.{m}" for s in ("val", "test") for m in ("precision", "recall", "mAP50", "mAP50-95")]
+
+
+def shapes_config(root: Path, *, epochs: int = EPOCHS) -> Path:
+    data = write_shapes_dataset(
+        root / "shapes", n_train=16, n_val=4, n_test=4, image_size=IMGSZ, seed=0
+    )
+    config = {
+        "data": {"adapter": "yolo", "path": str(data), "imgsz": IMGSZ, "batch_size": 8},
+        "model": {"name": "yolo", "arch": "yolov8n.yaml"},
+        "training": {
+            "epochs": epochs,
+            "seed": 0,
+            "device": "cpu",
+            "run_name": "shapes",
+            "tracking": {"backend": "local"},
+            "optimizer": {"name": "adamw", "lr": 0.003},
+            "yolo": {"warmup_epochs": 0, "mosaic": 0.0},
+        },
+    }
+    path = root / "shapes.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(the run folder, the resumed command's stdout)."""
+    root = tmp_path_factory.mktemp("detection")
+    runs = root / "runs"
+    command = [str(Path(sys.executable).with_name("mlp")), "train", str(shapes_config(root))]
+    process = subprocess.Popen(
+        [*command, "--run-dir", str(runs)],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("*/weights/last.pt")):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir() and (p / "weights").is_dir()]
+    assert not (run_dir / "model").exists(), "the run finished before it was killed"
+    assert 1 <= len(rows(run_dir)) < EPOCHS
+
+    done = mlp("train", "--resume", str(run_dir), timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert last_line(done.stdout) == str(run_dir)
+    return run_dir, done.stdout
+
+
+def test_resumed_run_folder_holds_every_epoch_once_and_the_final_files(
+    resumed: tuple[Path, str],
+) -> None:
+    run_dir, stdout = resumed
+    epochs = rows(run_dir)
+    assert [row["epoch"] for row in epochs] == list(range(EPOCHS))
+    for row in epochs:
+        assert set(PER_EPOCH) <= set(row)
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert set(PER_EPOCH) <= set(header)
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == EPOCHS + 1
+
+    for name in ("config.yaml", "log.jsonl", "dataset.json", "preprocessing.json", "model"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "weights" / "best.pt").is_file()
+    assert (run_dir / "weights" / "last.pt").is_file()
+    assert not list((run_dir / "weights").glob("*.part"))
+    dataset = json.loads((run_dir / "dataset.json").read_text())
+    assert dataset["task"] == "detection"
+    assert dataset["class_names"] == ["rectangle", "circle", "triangle"]
+    assert dataset["sizes"] == {"train": 16, "val": 4, "test": 4}
+    spec = json.loads((run_dir / "preprocessing.json").read_text())
+    assert (spec["resize_mode"], spec["crop_size"], spec["pad_value"]) == (
+        "letterbox",
+        [64, 64],
+        114,
+    )
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert sorted(metrics) == sorted(FINAL)
+    assert all(0.0 <= metrics[key] <= 1.0 for key in FINAL)
+    plots = {p.name for p in (run_dir / "plots").iterdir()}
+    for split in ("val", "test"):
+        expected = {f"pr_curve_{split}.png", f"confusion_matrix_{split}.png"}
+        assert expected | {f"predictions_{split}.jpg"} <= plots
+    assert "training_curves.png" in plots
+    # What a person reads: the test metrics, then the run folder last.
+    assert f"test: mAP50 {metrics['test.mAP50']:.4f}" in stdout
+    tracking = [json.loads(line) for line in (run_dir / "tracking.jsonl").read_text().splitlines()]
+    logged = {key for event in tracking for key in event.get("metrics", {})}
+    assert {"val.mAP50", "train.box_loss", "final.test.mAP50"} <= logged
+
+
+def test_model_file_holds_the_weights_of_best_pt(resumed: tuple[Path, str]) -> None:
+    run_dir, _ = resumed
+    model = load_model(run_dir / "model")
+    assert isinstance(model, YOLOModel)
+    assert model.class_names == ["rectangle", "circle", "triangle"]
+    ultralytics = import_ultralytics()
+    with preserved_threads():
+        reference = ultralytics.YOLO(str(run_dir / "weights" / "best.pt")).model
+    reference = reference.float().eval()
+    image = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), reference(image)[0], rtol=0, atol=1e-5)
+
+
+def test_evaluate_gives_the_map_of_ultralytics_val_on_the_same_weights(
+    resumed: tuple[Path, str],
+) -> None:
+    run_dir, _ = resumed
+    ours = evaluate(run_dir, "test")
+    ultralytics = import_ultralytics()
+    with preserved_threads():
+        theirs = ultralytics.YOLO(str(run_dir / "weights" / "best.pt")).val(
+            data=str(run_dir / "ultralytics" / "data.yaml"),
+            split="test",
+            imgsz=IMGSZ,
+            batch=8,
+            device="cpu",
+            plots=False,
+            verbose=False,
+            project=str(run_dir.parent / "their_val"),
+        )
+    assert ours["test.mAP50"] == pytest.approx(float(theirs.box.map50), abs=1e-9)
+    assert ours["test.mAP50-95"] == pytest.approx(float(theirs.box.map), abs=1e-9)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["test.mAP50"] == pytest.approx(ours["test.mAP50"], abs=1e-9)
+
+
+def test_without_ultralytics_mlp_train_exits_2_with_the_install_line(tmp_path: Path) -> None:
+    config = shapes_config(tmp_path, epochs=1)
+    blocked = (
+        "import sys; sys.modules['ultralytics'] = None\n"  # as if the extra were not installed
+        "from mlp_core.cli import main\n"
+        f"sys.exit(main(['train', {str(config)!r}, '--run-dir', {str(tmp_path / 'runs')!r}]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "pip install 'mlp-train[yolo]'" in done.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_bad_labels_fail_with_file_and_line_before_ultralytics_is_imported(tmp_path: Path) -> None:
+    config = shapes_config(tmp_path, epochs=1)
+    label = next(
+        f
+        for f in sorted((tmp_path / "shapes" / "labels" / "train").glob("*.txt"))
+        if f.read_text().strip()
+    )
+    label.write_text(label.read_text() + "5 0.5 0.5 0.2 0.2\n")
+    bad_line = len(label.read_text().splitlines())
+    script = (
+        "import sys\n"
+        "from mlp_core.cli import main\n"
+        f"code = main(['train', {str(config)!r}, '--run-dir', {str(tmp_path / 'runs')!r}])\n"
+        "print('ultralytics imported:', 'ultralytics' in sys.modules)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"{label}:{bad_line}: class id 5 out of range" in done.stderr
+    assert "ultralytics imported: False" in done.stdout
+
+
+def test_ultralytics_arguments_come_from_mlp_keys_and_the_yolo_passthrough(tmp_path: Path) -> None:
+    raw = yaml.safe_load(shapes_config(tmp_path).read_text())
+    raw["training"]["device"] = "cuda:1"
+    raw["training"]["yolo"] = {"device": [0, 1], "close_mosaic": 0}
+    config = TrainConfig.model_validate(raw)
+    arguments = ultralytics_arguments(
+        config, model="yolov8n.yaml", data_yaml=tmp_path / "d.yaml", save_dir=tmp_path / "u"
+    )
+    assert arguments["optimizer"] == "AdamW" and arguments["lr0"] == 0.003
+    assert (arguments["imgsz"], arguments["batch"], arguments["epochs"]) == (64, 8, EPOCHS)
+    assert arguments["device"] == [0, 1]  # training.yolo wins: ultralytics' multi-GPU DDP
+    assert arguments["amp"] is False and arguments["close_mosaic"] == 0
+    raw["training"]["yolo"] = {"lr0": 0.1}
+    with pytest.raises(ConfigError, match=r"lr0 is set by training\.optimizer\.lr"):
+        ultralytics_arguments(
+            TrainConfig.model_validate(raw), model="m", data_yaml=tmp_path, save_dir=tmp_path
+        )
+    raw["training"]["yolo"] = {"warmup_epoch": 0}
+    with pytest.raises(ConfigError, match="warmup_epoch: not an ultralytics training argument"):
+        ultralytics_arguments(
+            TrainConfig.model_validate(raw), model="m", data_yaml=tmp_path, save_dir=tmp_path
+        )
