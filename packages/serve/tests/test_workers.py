@@ -15,6 +15,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -335,3 +337,17 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path):
         if process.poll() is None:
             process.kill()
     shutil.rmtree(state_dir, ignore_errors=True)  # the supervisor's to remove, had it lived
+
+
+def test_a_worker_that_fails_at_startup_stops_the_server_with_its_reason(tmp_path):
+    repo = tmp_path / "repo"
+    write_bundle(repo, "linear", 1, linear_model(W, BIAS))
+    missing = tmp_path / "missing.pem"
+    command = [sys.executable, "-m", "mlp_serve", str(repo), "--workers", "2"]
+    command += ["--http-port", "0", "--grpc-port", "0", "--set", "providers=[CPUExecutionProvider]"]
+    command += ["--set", f"tls.cert_file={missing}", "--set", f"tls.key_file={missing}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "mlp serve: REST on" not in done.stdout  # never announced as serving
+    assert f"{missing} cannot be read" in done.stderr  # the worker's own reason
+    assert "a worker failed while the server started" in done.stderr

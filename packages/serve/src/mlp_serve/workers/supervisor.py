@@ -162,14 +162,16 @@ class Supervisor:
             for slot in self.slots:
                 process = slot.process
                 if process is not None and process.poll() is not None:
-                    self._on_exit(slot, process, now)
                     if not announced:
+                        self._forget(process.pid)
+                        slot.process = None
                         log.error(
                             "a worker failed while the server started (its log above says why)",
                             worker=slot.index,
                             status=_status(process.returncode),
                         )
                         return False
+                    self._on_exit(slot, process, now)
                 elif process is not None and slot.ready_at is None and process.pid in ready:
                     slot.ready_at = now
                     if announced:
