@@ -23,7 +23,7 @@ from serve_helpers import STARTUP, B, W, cpu_config, linear_model, slow_model, w
 
 from mlp_serve._generated import mlp_inference_pb2 as pb
 from mlp_serve.config import BatchingConfig
-from mlp_serve.inline import runs_inline
+from mlp_serve.inline import INLINE_MAX_REQUEST_SECONDS, runs_inline
 from mlp_serve.rest.codec import decode_request, dump_json
 from mlp_serve.runtime import load_runtime
 from mlp_serve.server import BackgroundServer
@@ -98,19 +98,26 @@ def test_access_log_when_configured(repo: Path, tmp_path: Path) -> None:
 # -- quick models on the loop -----------------------------------------------------------------
 
 
-def test_only_quick_models_without_a_queue_delay_run_inline(repo: Path) -> None:
+def test_only_quick_models_and_small_requests_without_a_queue_delay_run_inline(
+    repo: Path,
+) -> None:
     quick = load_runtime(
         write_bundle(repo, "linear", 1, linear_model()) / "model.onnx", cpu_config()
     )
     slow = load_runtime(write_bundle(repo, "slow", 1, slow_model()) / "model.onnx", cpu_config())
+    one = {"x": np.zeros((1, 4), dtype=np.float32)}
     batching = BatchingConfig()
-    assert not runs_inline(quick, batching)  # not warmed up: not known to be quick
+    assert not runs_inline(quick, batching, one)  # not warmed up: not known to be quick
     quick.warmup()
     slow.warmup()
-    assert runs_inline(quick, batching)
-    assert runs_inline(quick, BatchingConfig(enabled=False))
-    assert not runs_inline(quick, BatchingConfig(max_queue_delay_ms=1.0))  # it would wait
-    assert slow.run_seconds is not None and not runs_inline(slow, batching)
+    assert quick.run_seconds is not None and slow.run_seconds is not None
+    assert runs_inline(quick, batching, one)
+    assert runs_inline(quick, BatchingConfig(enabled=False), one)
+    assert not runs_inline(quick, BatchingConfig(max_queue_delay_ms=1.0), one)  # it would wait
+    assert not runs_inline(slow, batching, one)
+    # Rows x the warm-up run past the bound: the pool, so the loop never stalls behind it.
+    many = int(INLINE_MAX_REQUEST_SECONDS / quick.run_seconds) + 1
+    assert not runs_inline(quick, batching, {"x": np.zeros((many, 4), dtype=np.float32)})
 
 
 def grpc_infer(channel: grpc.Channel, rows: np.ndarray) -> np.ndarray:

@@ -349,7 +349,7 @@ class DataPlane:
 
     async def _infer(self, entry: ModelVersion, request: InferRequest) -> InferResponse:
         feeds, names = self._validate(entry, request)
-        if runs_inline(entry.runtime, self.config.batching):
+        if runs_inline(entry.runtime, self.config.batching, feeds):
             # A quick model: run on the loop's thread, rather than pay a thread hop that costs
             # more than the run (mlp_serve.inline).
             results = entry.runner.run_alone(feeds, names)

@@ -10,12 +10,18 @@ So a quick model's REST request runs on the loop's thread, at once and on its ow
 (``runner.run_alone``): requests reach the loop one at a time, so they would form batches of one
 anyway, and the batcher's queue would be bookkeeping for nothing. gRPC calls still batch among
 themselves in their threads; onnxruntime lets a REST run overlap one of their batches. The loop
-blocks for one quick run at most. A model is quick when its warm-up run took under
-:data:`INLINE_MAX_SECONDS`. A runner with a queue delay keeps its REST requests in its queue (they
+blocks for one quick run at most. A model is quick when its warm-up run (a batch of one) took
+under :data:`INLINE_MAX_SECONDS`, and a request is small enough when its rows times that time
+stay under :data:`INLINE_MAX_REQUEST_SECONDS`: a request of many rows goes to the pool, so
+the loop never stalls behind it. A runner with a queue delay keeps its REST requests in its queue (they
 wait for company there, which is the point of the delay), through the pool.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
 
 from mlp_serve.config import BatchingConfig
 from mlp_serve.runtime import ModelRuntime
@@ -23,11 +29,21 @@ from mlp_serve.runtime import ModelRuntime
 # A warm-up run (a batch of one) below this runs inline. The 1.3M-parameter MLP of tools/bench
 # takes 60-170 us; an image model's convolutions take milliseconds and go to the pool.
 INLINE_MAX_SECONDS = 0.0005
+# The longest a request may keep the loop, estimated as rows x the warm-up run (an upper bound:
+# onnxruntime runs a batch in less than its rows run one by one).
+INLINE_MAX_REQUEST_SECONDS = 0.002
 
 
-def runs_inline(runtime: ModelRuntime, batching: BatchingConfig) -> bool:
-    """Whether REST requests to ``runtime`` run on the loop (see the module docstring)."""
+def runs_inline(
+    runtime: ModelRuntime, batching: BatchingConfig, feeds: Mapping[str, np.ndarray]
+) -> bool:
+    """Whether this REST request (its validated ``feeds``) to ``runtime`` runs on the loop
+    (see the module docstring)."""
     seconds = runtime.run_seconds
     if seconds is None or seconds >= INLINE_MAX_SECONDS:
         return False
-    return not (batching.enabled and batching.max_queue_delay_ms > 0)
+    if batching.enabled and batching.max_queue_delay_ms > 0:
+        return False
+    first = next(iter(feeds.values()), None)
+    rows = first.shape[0] if first is not None and first.ndim else 1
+    return rows * seconds < INLINE_MAX_REQUEST_SECONDS
