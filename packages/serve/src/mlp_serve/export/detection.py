@@ -67,7 +67,7 @@ def is_detection_run(run: RunFolder) -> bool:
 def require_ultralytics() -> None:
     """A detection run exports through ultralytics (its weights and its reference predict)."""
     if importlib.util.find_spec("ultralytics") is None:
-        raise MissingDependencyError("mlp export of a detection (YOLO) run", INSTALL)
+        raise MissingDependencyError("exporting a detection (YOLO) run", INSTALL)
 
 
 class DetectionExport:

@@ -18,7 +18,9 @@ must overlap with IoU >= the tolerance's ``iou`` and agree on the score within `
 detection left without a partner fails the gate unless a threshold explains it: its score is
 within ``score`` of the confidence threshold, or of the other side's weakest detection when that
 side is full (``max_detections``), or NMS decided it on an IoU within ``nms_iou`` of the IoU
-threshold (and the boxes that decision let through). Each excuse is counted in the record.
+threshold (and the boxes that decision let through). At the noise floor (both scores within
+``score`` of the confidence threshold) a pair's class and box are not held to the tolerance
+either. Each excuse is counted in the record.
 """
 
 from __future__ import annotations
@@ -226,17 +228,28 @@ def compare_detections(
     for index, (ref, got) in enumerate(zip(reference, candidate, strict=True)):
         pairs, crossed = _pairs(ref, got)
         totals["paired"] += len(pairs)
+        # At the noise floor (both scores within the tolerance of the confidence threshold)
+        # the class and box of a detection are noise too: counted, not held to the tolerance.
+        floor = params.confidence + tolerance.score
         for r, s in pairs:
             iou = float(_iou(ref[r : r + 1, :4], got[s : s + 1, :4])[0, 0])
             gap = abs(float(ref[r, 4]) - float(got[s, 4]))
-            ious.append(iou)
-            score_gaps.append(gap)
-            if iou < tolerance.iou or gap > tolerance.score:
+            if iou >= tolerance.iou and gap <= tolerance.score:
+                ious.append(iou)
+                score_gaps.append(gap)
+            elif max(ref[r, 4], got[s, 4]) <= floor:
+                excused["confidence"] += 1
+            else:
+                ious.append(iou)
+                score_gaps.append(gap)
                 failures.append(
                     f"image {index}: box {_show(ref[r])} served as {_show(got[s])} "
                     f"(IoU {iou:.4f}, score difference {gap:.2g})"
                 )
         for r, s in crossed:
+            if max(ref[r, 4], got[s, 4]) <= floor:
+                excused["confidence"] += 1
+                continue
             totals["class_mismatches"] += 1
             failures.append(f"image {index}: box {_show(ref[r])} served as class {int(got[s, 5])}")
         lone_ref = _unpaired(len(ref), [r for r, _ in pairs + crossed])

@@ -92,7 +92,7 @@ def export_run(
     run = read_run_folder(Path(run_dir))
     detecting = detection.is_detection_run(run)
     _check_detection_options(run, detecting, quantize, export_format)
-    name = _bundle_name(run, name)
+    name = _bundle_name(run, name, detecting=detecting)
     target_parent = Path(repo) / name
     if version is not None and (target_parent / str(version)).exists():
         raise _exists(target_parent / str(version))
@@ -417,10 +417,14 @@ def _packages() -> dict[str, str]:
     return found
 
 
-def _bundle_name(run: RunFolder, name: str | None) -> str:
+def _bundle_name(run: RunFolder, name: str | None, *, detecting: bool = False) -> str:
     if name is None:
         data_path = (run.config.get("data") or {}).get("path")
         stem = Path(str(data_path)).stem if data_path else ""
+        if detecting and stem == "data" and data_path:
+            # A YOLO dataset is a data.yaml or a folder named data (examples/shapes/data): the
+            # folder above names it.
+            stem = Path(str(data_path)).parent.name or stem
         model_name = (run.config.get("model") or {}).get("name") or "model"
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem or model_name).strip("-.") or "model"
     if not _SAFE_NAME.match(name):
