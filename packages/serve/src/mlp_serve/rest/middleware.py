@@ -86,10 +86,20 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_error(send, 413, self._message(int(declared)))
-            return
+        declared, chunked = None, False
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                declared = value
+            elif key == b"transfer-encoding":
+                chunked = True
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                await _send_error(send, 413, self._message(int(declared)))
+                return
+            if not chunked:
+                # The HTTP parser delivers exactly Content-Length bytes: nothing to count.
+                await self.app(scope, receive, send)
+                return
         received = 0
 
         async def limited_receive() -> dict:
