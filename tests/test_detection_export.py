@@ -2,7 +2,7 @@
 
 The bundle, its gate and its formats on a hand-made run are tested in
 packages/serve/tests_export/test_detection_export.py; here the run is a real one: the export
-is logged to the run's MLflow record, fp16 passes its own gate, and the `mlp` command without
+is logged to the run's MLflow record (with its TorchScript file), fp16 passes its own gate, and the `mlp` command without
 ultralytics names the extra to install.
 """
 
@@ -43,9 +43,10 @@ def tracked_run(tmp_path_factory) -> Path:
 
 def test_the_onnx_model_is_logged_to_the_runs_mlflow_record(tracked_run, tmp_path):
     from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
     from mlflow.onnx import load_model as load_onnx_model
 
-    result = export_run(tracked_run, tmp_path / "repo")
+    result = export_run(tracked_run, tmp_path / "repo", export_format="torchscript")
     manifest = result.manifest
     assert result.path == tmp_path / "repo" / "shapes" / "1"  # named after the dataset folder
     assert manifest.kind == "detection" and manifest.class_labels == CLASSES
@@ -62,6 +63,12 @@ def test_the_onnx_model_is_logged_to_the_runs_mlflow_record(tracked_run, tmp_pat
     assert client.get_run(info["run_id"]).data.tags["mlp.export.version"] == "1"
     restored = load_onnx_model(logged.artifact_location)
     assert restored.SerializeToString() == onnx.load(result.path / "model.onnx").SerializeToString()
+    # The bundle's other files travel with it: its manifest and the TorchScript network.
+    local = Path(download_artifacts(artifact_uri=logged.artifact_location, dst_path=str(tmp_path)))
+    files = {p.name: p for p in local.rglob("*") if p.is_file()}
+    torchscript = (result.path / "model.torchscript").read_bytes()
+    assert files["model.torchscript"].read_bytes() == torchscript
+    assert "manifest.json" in files
 
 
 def test_fp16_bundle_passes_its_own_gate(tracked_run, tmp_path):

@@ -64,7 +64,7 @@ def log_bundle(run: RunFolder, bundle: Path, *, name: str, version: int) -> dict
                 save_as_external_data=False,
                 # Stated, not inferred: inference runs `uv export` and pip, for seconds.
                 conda_env=conda_env(_recorded_packages(bundle)),
-                extra_files=[str(bundle / MANIFEST_FILE)],
+                extra_files=_extra_files(bundle),
                 metadata={"mlp.bundle.name": name, "mlp.bundle.version": version},
             )
             mlflow.set_tags({"mlp.export.bundle": str(bundle), "mlp.export.version": version})
@@ -83,6 +83,14 @@ def log_bundle(run: RunFolder, bundle: Path, *, name: str, version: int) -> dict
         "model_uri": info.model_uri,
         "flavor": "onnx",
     }
+
+
+# Files of a bundle logged beside its model.onnx when present (--format torchscript).
+EXTRA_FILES = (MANIFEST_FILE, "model.torchscript")
+
+
+def _extra_files(bundle: Path) -> list[str]:
+    return [str(bundle / name) for name in EXTRA_FILES if (bundle / name).is_file()]
 
 
 # Set while the model is logged: MLflow reads them at each call. Auto-detection of a uv project
