@@ -87,6 +87,9 @@ def test_manifest_describes_the_detection_bundle(bundle):
     assert manifest is not None
     assert (manifest.kind, manifest.task) == ("detection", "detection")
     assert summary["kind"] == "detection" and summary["parity"]["passed"] is True
+    check = manifest.training["export_check"]
+    assert summary["detections"]["paired"] == check["paired"] >= 10 * TEST_IMAGES
+    assert summary["detections"]["low_confidence_paired"] == check["low_confidence"]["paired"]
     assert manifest.class_labels == CLASSES
     assert manifest.preprocessing == LETTERBOX_SPEC
     assert manifest.detection is not None

@@ -82,6 +82,14 @@ def _run(args: argparse.Namespace) -> int:
         "sha256": manifest.sha256,
         "mlflow": result.mlflow or {"logged": False, "reason": "--no-mlflow"},
     }
+    if manifest.kind == "detection":  # the gate's boxes: at the defaults, then at 0.001
+        check = manifest.training.get("export_check") or {}
+        summary["detections"] = {
+            key: check.get(key) for key in ("reference_detections", "paired", "min_iou")
+        }
+        summary["detections"]["low_confidence_paired"] = (check.get("low_confidence") or {}).get(
+            "paired"
+        )
     if manifest.quantization:
         summary["vs_fp32"] = {
             k: manifest.quantization[k]
