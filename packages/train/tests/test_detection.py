@@ -35,9 +35,9 @@ PER_EPOCH += ("val.precision", "val.recall", "val.mAP50", "val.mAP50-95", "epoch
 FINAL = [f"{s}.{m}" for s in ("val", "test") for m in ("precision", "recall", "mAP50", "mAP50-95")]
 
 
-def shapes_config(root: Path, *, epochs: int = EPOCHS) -> Path:
+def shapes_config(root: Path, *, epochs: int = EPOCHS, n_train: int = 16) -> Path:
     data = write_shapes_dataset(
-        root / "shapes", n_train=16, n_val=4, n_test=4, image_size=IMGSZ, seed=0
+        root / "shapes", n_train=n_train, n_val=4, n_test=4, image_size=IMGSZ, seed=0
     )
     config = {
         "data": {"adapter": "yolo", "path": str(data), "imgsz": IMGSZ, "batch_size": 8},
@@ -170,6 +170,35 @@ def test_evaluate_gives_the_map_of_ultralytics_val_on_the_same_weights(
     assert ours["test.mAP50-95"] == pytest.approx(float(theirs.box.map), abs=1e-9)
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["test.mAP50"] == pytest.approx(ours["test.mAP50"], abs=1e-9)
+
+
+def test_ctrl_c_in_the_first_epoch_leaves_a_checkpoint(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    command = [str(Path(sys.executable).with_name("mlp")), "train"]
+    command += [str(shapes_config(tmp_path, n_train=64)), "--run-dir", str(runs)]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # ultralytics draws the first training batches while the first epoch runs.
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("*/ultralytics/train_batch0.jpg")):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "training did not start within 300 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    (last,) = runs.glob("*/weights/last.pt")
+    assert f"interrupted; the checkpoint {last} is kept" in stdout
+    assert not (last.parents[1] / "metrics.jsonl").exists()  # it stopped inside epoch 1
+    ultralytics = import_ultralytics()
+    with preserved_threads():
+        assert ultralytics.YOLO(str(last)).model.nc == 3  # a checkpoint ultralytics loads
 
 
 def test_without_ultralytics_mlp_train_exits_2_with_the_install_line(tmp_path: Path) -> None:

@@ -108,9 +108,9 @@ def train_detection(
             except KeyboardInterrupt:
                 from mlp_train.trainer import TrainingInterrupted
 
-                raise TrainingInterrupted(
-                    f"interrupted; the checkpoint {weights_of(run_dir, 'last')} is kept"
-                ) from None
+                last = weights_of(run_dir, "last")
+                kept = f"the checkpoint {last} is kept" if last.exists() else "no checkpoint yet"
+                raise TrainingInterrupted(f"interrupted; {kept}") from None
             result = _finish(config, adapter, run_dir, data_yaml, tracker)
     except BaseException as error:
         tracker.__exit__(type(error), error, None)
@@ -236,8 +236,14 @@ def _trainer(config: Any, run_dir: Path, data_yaml: Path, *, resume: bool) -> An
 
     last = weights_of(run_dir, "last")
     if resume and last.exists():
-        if _finished_epochs(last) >= config.training.epochs:
-            raise CheckpointError(f"{run_dir} has finished its {config.training.epochs} epochs")
+        # ultralytics strips a finished run's last.pt (its epoch becomes -1): the model file
+        # and metrics.json say the run is done.
+        finished = RunFiles(run_dir).model.exists() and RunFiles(run_dir).metrics.exists()
+        if finished or _finished_epochs(last) >= config.training.epochs:
+            raise CheckpointError(
+                f"{run_dir} has finished its {config.training.epochs} epochs: nothing to resume",
+                hint="Start a new run, e.g. with --set training.epochs=N for more epochs.",
+            )
         return RunFolderTrainer(overrides={"resume": str(last), "data": str(data_yaml)})
     if resume:
         # Killed before its first epoch ended: nothing to continue, start again in place.
