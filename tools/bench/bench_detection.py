@@ -22,8 +22,8 @@ at concurrency 1 minus the in-process p50 of the same work.
     .venv/bin/python tools/bench/bench_detection.py                           # an untrained yolov8n
     .venv/bin/python tools/bench/bench_detection.py --imgsz 320 --provider CUDAExecutionProvider
 
-With ``--run``, the bundle is what ``mlp export RUN`` writes and the weights are the run's
-``weights/best.pt``. Without it, a yolov8n for 3 classes is built (its class biases raised so
+With ``--run``, the bundle is what ``mlp export RUN`` writes, the weights are the run's
+``weights/best.pt`` and the images its test split's. Without it, a yolov8n for 3 classes is built (its class biases raised so
 that, untrained, it still finds boxes for the NMS to sort), saved as an ultralytics checkpoint and
 exported by ultralytics' own ONNX export (raw head, dynamic axes, no NMS), with a manifest
 written here. Not a test: nothing is asserted about time.
@@ -163,6 +163,18 @@ def shapes_images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
     return images
 
 
+def run_images(run: Path, count: int) -> list[Image.Image]:
+    """The run's own test images (its dataset's ``images/test``), up to ``count``."""
+    import yaml
+
+    data = Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["path"])
+    data = data if data.is_absolute() else ROOT / data
+    paths = sorted((data / "images" / "test").glob("*"))[:count]
+    if not paths:
+        raise SystemExit(f"no test images under {data}")
+    return [Image.open(path).convert("RGB") for path in paths]
+
+
 # -- the server --------------------------------------------------------------------------
 
 
@@ -268,7 +280,7 @@ def main() -> None:
     spec = ImageEvalSpec.model_validate(manifest["preprocessing"])
     imgsz = spec.crop_size[0]
     defaults = manifest.get("detection") or {"confidence": 0.25, "iou": 0.7, "max_detections": 300}
-    images = shapes_images(args.images, imgsz)
+    images = run_images(args.run, args.images) if args.run else shapes_images(args.images, imgsz)
     pngs = []
     for image in images:
         data = io.BytesIO()
