@@ -3,7 +3,8 @@
 In a fresh process (HOME and the working directory empty temporary folders) whose sockets
 refuse and record every outbound connection and name lookup, a real detection run is trained
 (`mlp_train.run.train`), evaluated (`mlp evaluate`'s function, ultralytics' validator) and used
-by ultralytics' predict. Then:
+by ultralytics' predict, and exported (`mlp export --format torchscript`, whose parity gate runs
+ultralytics' predict again). Then:
 
 - nothing tried to connect or resolve a name (ultralytics' online check, version check,
   analytics, font download, integrations: each has its own switch in mlp_models.ultralytics_env);
@@ -67,7 +68,11 @@ with preserved_threads():
         str(image), imgsz=64, device="cpu", verbose=False
     )
 
-# Export (mlp export RUN) joins here once it exists: it must be offline too.
+# mlp export: the raw-head ONNX and TorchScript, and its parity gate (ultralytics' predict).
+from mlp_core.cli import main as mlp
+
+exported = mlp(["export", str(run), "--repo", str(root / "repo"), "--format", "torchscript"])
+bundle = root / "repo" / "shapes" / "1"
 
 import os
 
@@ -86,6 +91,9 @@ print(json.dumps({
     "run": str(run),
     "test_keys": sorted(test_metrics),
     "predictions": len(predicted),
+    "export": exported,
+    "bundle": sorted(p.name for p in bundle.iterdir()),
+    "parity": json.loads((bundle / "manifest.json").read_text())["parity"]["passed"],
 }))
 """.replace("THREADS", str(THREADS))
 
@@ -118,6 +126,8 @@ def test_train_evaluate_and_predict_offline_without_leaks(tmp_path: Path) -> Non
     assert report["threads"] == THREADS
     assert report["test_keys"] == ["test.mAP50", "test.mAP50-95", "test.precision", "test.recall"]
     assert report["predictions"] == 1
+    assert report["export"] == 0 and report["parity"] is True
+    assert report["bundle"] == ["manifest.json", "model.onnx", "model.torchscript"]
     ours = home / ".cache" / "mlp" / "ultralytics"
     settings = sorted({*home.rglob("settings.json"), *work.rglob("settings.json")})
     assert settings == [ours / "Ultralytics" / "settings.json"]
