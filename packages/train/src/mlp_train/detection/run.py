@@ -338,13 +338,14 @@ def _finish(
 
 
 def _best_epoch(rows: list[dict[str, Any]]) -> int | None:
-    """The epoch ultralytics kept as best.pt: the highest fitness (0.1 mAP50 + 0.9 mAP50-95)."""
-    scored = [
-        (0.1 * row.get("val.mAP50", 0.0) + 0.9 * row.get("val.mAP50-95", 0.0), index)
-        for index, row in enumerate(rows)
-        if "val.mAP50-95" in row
-    ]
-    return max(scored)[1] if scored else None
+    """The epoch ultralytics kept as best.pt, by its rule: fitness is val mAP50-95, and an
+    epoch replaces the best when the best is still 0 or it does better."""
+    best, index = None, None
+    for position, row in enumerate(rows):
+        fitness = row.get("val.mAP50-95")
+        if fitness is not None and (not best or best < fitness):
+            best, index = fitness, position
+    return index
 
 
 def _check_same_preprocessing(run_dir: Path, adapter: YOLOAdapter) -> None:
