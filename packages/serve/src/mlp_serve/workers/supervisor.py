@@ -181,8 +181,9 @@ class Supervisor:
             if not announced and all(s.ready_at is not None for s in self.slots):
                 announced = True
                 host = self.config.host
+                scheme = "https" if self.config.tls.cert_file else "http"
                 print(
-                    f"mlp serve: REST on http://{host}:{self.config.http_port}, gRPC on "
+                    f"mlp serve: REST on {scheme}://{host}:{self.config.http_port}, gRPC on "
                     f"{host}:{self.config.grpc_port} ({len(self.slots)} workers)",
                     flush=True,
                 )
