@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlp_core.image_spec import ImageEvalSpec
+from mlp_core.image_spec import ImageEvalSpec, linear_resize
 
 
 def spec(size=(64, 64), **changes) -> ImageEvalSpec:
@@ -57,3 +57,17 @@ def test_the_pad_value_is_a_pixel_value():
     with pytest.raises(ValueError, match="pad_value"):
         spec(pad_value=300)
     assert spec(pad_value=0).to_dict()["pad_value"] == 0
+
+
+def test_shrinking_interpolates_the_two_nearest_pixels_without_antialiasing():
+    # OpenCV's INTER_LINEAR (what ultralytics letterboxes with): halving takes the mean of each
+    # pair; Pillow's bilinear would blur over four pixels and give other values.
+    row = np.array([[0, 100, 200, 40]], dtype=np.uint8)[:, :, None]
+    assert linear_resize(row, 1, 2)[0, :, 0].tolist() == [50, 120]
+    grown = linear_resize(np.array([[0, 100]], dtype=np.uint8)[:, :, None], 1, 4)
+    assert grown[0, :, 0].tolist() == [0, 25, 75, 100]
+
+
+def test_letterbox_interpolation_is_bilinear_only():
+    with pytest.raises(ValueError, match="bilinear"):
+        spec(interpolation="bicubic")

@@ -72,7 +72,7 @@ def test_eval_spec_records_the_options_as_plain_data() -> None:
     )
     spec = preprocessor.eval_spec().to_dict()
     assert spec == json.loads(json.dumps(spec))
-    # The keys of the 0.1 spec, which existing bundles hold, plus resize_mode.
+    # The keys of the 0.1 spec, which existing bundles hold, plus resize_mode and pad_value.
     assert spec == {
         "kind": "image",
         "version": 1,
@@ -81,6 +81,7 @@ def test_eval_spec_records_the_options_as_plain_data() -> None:
         "resize_size": 22,
         "interpolation": "bicubic",
         "crop_size": [20, 16],
+        "pad_value": 114,
         "input_dtype": "uint8",
         "scale": 1 / 255,
         "mean": pytest.approx([0.485, 0.456, 0.406]),

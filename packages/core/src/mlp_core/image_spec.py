@@ -16,7 +16,9 @@ only, and mlp-data's tests compare its torch transform against it:
 
    ``letterbox`` (detection, as ultralytics' ``LetterBox`` with ``auto=False``): scale by
    ``r = min(h_in / h, w_in / w)`` to ``round(w * r)`` x ``round(h * r)`` (skipped when the size
-   is already that), then pad with ``pad_value`` to ``crop_size``, ``round(d / 2 - 0.1)`` pixels
+   is already that) with OpenCV's ``INTER_LINEAR`` geometry (half-pixel centres, no
+   antialiasing when shrinking, unlike Pillow's bilinear: what ultralytics feeds its models;
+   within one grey level of OpenCV's fixed-point rounding), then pad with ``pad_value`` to ``crop_size``, ``round(d / 2 - 0.1)`` pixels
    before and the rest after on each axis (``resize_size`` equals ``crop_size`` here).
    :meth:`~ImageEvalSpec.letterbox` gives that geometry for one image, and
    :meth:`Letterbox.to_original` maps boxes back into the pixels of the image that was sent;
@@ -61,7 +63,9 @@ class ImageEvalSpec(Contract):
     resize_size: int | tuple[int, int] = Field(..., description="shorter side, or [h, w]")
     interpolation: Interpolation = "bilinear"
     crop_size: tuple[int, int]
-    pad_value: int = Field(114, ge=0, le=255, description="letterbox padding (grey, as YOLO)")
+    pad_value: int = Field(
+        default=114, ge=0, le=255, description="letterbox padding (grey, as YOLO)"
+    )
     scale: float = 1.0 / 255.0
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -95,6 +99,8 @@ class ImageEvalSpec(Contract):
             raise ValueError(
                 "letterbox: resize_size must be [h, w] equal to crop_size (the model's input size)"
             )
+        if self.resize_mode == "letterbox" and self.interpolation != "bilinear":
+            raise ValueError("letterbox: interpolation must be bilinear (OpenCV's INTER_LINEAR)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,7 +143,7 @@ class ImageEvalSpec(Contract):
         resampling = _pil_resampling()
         image = image.convert(self.color_mode)
         if self.resize_mode == "letterbox":
-            pixels = self._letterboxed(image, resampling[self.interpolation])
+            pixels = self._letterboxed(image)
         else:
             height, width = self.resized_size(image.height, image.width)
             image = image.resize((width, height), resample=resampling[self.interpolation])
@@ -149,13 +155,13 @@ class ImageEvalSpec(Contract):
         values = (values - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(np.transpose(values, (2, 0, 1)), dtype=np.float32)
 
-    def _letterboxed(self, image: Image.Image, resample: Any) -> npt.NDArray[np.uint8]:
+    def _letterboxed(self, image: Image.Image) -> npt.NDArray[np.uint8]:
         box = self.letterbox(image.height, image.width)
-        if (image.height, image.width) != (box.height, box.width):
-            image = image.resize((box.width, box.height), resample=resample)
         pixels = np.asarray(image, dtype=np.uint8)
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
+        if (image.height, image.width) != (box.height, box.width):
+            pixels = linear_resize(pixels, box.height, box.width)
         canvas = np.full((*self.crop_size, pixels.shape[2]), self.pad_value, dtype=np.uint8)
         canvas[box.top : box.top + box.height, box.left : box.left + box.width] = pixels
         return canvas
@@ -176,13 +182,40 @@ class Letterbox:
     def to_original(self, boxes: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
         """``[N, 4]`` x1, y1, x2, y2 boxes in model-input pixels -> in the source image's
         pixels, clipped to it (as ultralytics' ``scale_boxes``)."""
-        out = np.asarray(boxes, dtype=np.float32).copy()
-        out[:, [0, 2]] = (out[:, [0, 2]] - self.left) / self.ratio
-        out[:, [1, 3]] = (out[:, [1, 3]] - self.top) / self.ratio
+        out: npt.NDArray[np.float32] = np.array(boxes, dtype=np.float32)
         height, width = self.source
-        out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
-        out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+        xs = (out[:, [0, 2]] - self.left) / self.ratio
+        ys = (out[:, [1, 3]] - self.top) / self.ratio
+        out[:, [0, 2]] = np.minimum(np.maximum(xs, 0), width)
+        out[:, [1, 3]] = np.minimum(np.maximum(ys, 0), height)
         return out
+
+
+def linear_resize(pixels: npt.NDArray[np.uint8], height: int, width: int) -> npt.NDArray[np.uint8]:
+    """Resize ``[H, W, C]`` uint8 pixels as OpenCV's ``INTER_LINEAR`` does: each output pixel
+    interpolates its two nearest source pixels per axis at half-pixel centres, with no
+    antialiasing when shrinking."""
+    rows, row_weights = _linear_taps(pixels.shape[0], height)
+    cols, col_weights = _linear_taps(pixels.shape[1], width)
+    source = pixels.astype(np.float32)
+    wy = row_weights[:, None, None]
+    vertical = source[rows[0]] * (1 - wy) + source[rows[1]] * wy
+    wx = col_weights[None, :, None]
+    out = vertical[:, cols[0]] * (1 - wx) + vertical[:, cols[1]] * wx
+    rounded: npt.NDArray[np.float32] = np.floor(out + 0.5)
+    return np.minimum(np.maximum(rounded, 0), 255).astype(np.uint8)
+
+
+def _linear_taps(
+    size: int, out: int
+) -> tuple[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]], npt.NDArray[np.float32]]:
+    centres = np.maximum((np.arange(out) + 0.5) * (size / out) - 0.5, 0.0)
+    first = np.floor(centres).astype(np.intp)
+    weight = (centres - first).astype(np.float32)
+    last = first >= size - 1  # past the last pixel: that pixel alone, as OpenCV clamps
+    first = np.minimum(first, size - 1)
+    weight[last] = 0.0
+    return (first, np.minimum(first + 1, size - 1)), weight
 
 
 def center_crop(pixels: npt.NDArray[Pixel], height: int, width: int) -> npt.NDArray[Pixel]:
