@@ -32,3 +32,15 @@ def test_letterbox_matches_ultralytics_within_one_grey_level(size):
     ours = SPEC.apply(Image.fromarray(pixels))
     assert ours.shape == expected.shape
     assert np.abs(ours - expected).max() <= 1.01 / 255
+
+
+@pytest.mark.parametrize("size", [(48, 80), (30, 90), (200, 300), (7, 5)])
+def test_boxes_map_back_as_ultralytics_scale_boxes(size):
+    import_ultralytics()
+    with preserved_threads():
+        from ultralytics.utils.ops import scale_boxes
+
+        boxes = np.array([[3.0, 10.0, 40.0, 50.0], [0.0, 0.0, 64.0, 64.0]], dtype=np.float32)
+        theirs = scale_boxes((64, 64), boxes.copy(), size)
+    ours = SPEC.letterbox(*size).to_original(boxes)
+    assert np.allclose(ours, theirs, atol=1e-4)

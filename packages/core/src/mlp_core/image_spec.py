@@ -128,7 +128,7 @@ class ImageEvalSpec(Contract):
         """Where an image of ``height`` x ``width`` lands in the model input (letterbox mode)."""
         out_h, out_w = self.crop_size
         ratio = min(out_h / height, out_w / width)
-        new_h, new_w = round(height * ratio), round(width * ratio)
+        new_h, new_w = max(round(height * ratio), 1), max(round(width * ratio), 1)
         return Letterbox(
             ratio=ratio,
             top=round((out_h - new_h) / 2 - 0.1),
@@ -181,11 +181,12 @@ class Letterbox:
 
     def to_original(self, boxes: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
         """``[N, 4]`` x1, y1, x2, y2 boxes in model-input pixels -> in the source image's
-        pixels, clipped to it (as ultralytics' ``scale_boxes``)."""
+        pixels, clipped to it (as ultralytics' ``scale_boxes``: a gain per axis)."""
         out: npt.NDArray[np.float32] = np.array(boxes, dtype=np.float32)
         height, width = self.source
-        xs = (out[:, [0, 2]] - self.left) / self.ratio
-        ys = (out[:, [1, 3]] - self.top) / self.ratio
+        # One gain per axis, as ultralytics' scale_boxes: each side was rounded on its own.
+        xs = (out[:, [0, 2]] - self.left) / (self.width / width)
+        ys = (out[:, [1, 3]] - self.top) / (self.height / height)
         out[:, [0, 2]] = np.minimum(np.maximum(xs, 0), width)
         out[:, [1, 3]] = np.minimum(np.maximum(ys, 0), height)
         return out
