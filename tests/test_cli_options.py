@@ -60,6 +60,7 @@ def setting(tmp_path_factory) -> dict:
             "--url": f"http://127.0.0.1:{port}",
             "--grpc": f"localhost:{port}",
             "--timeout": "5",
+            "--format": "torchscript",  # onnx is the default
         },
     }
 
@@ -98,8 +99,8 @@ def documented(command: str) -> tuple[dict[str, str | None], list[list[str]]]:
 def value(option: str, metavar: str | None, values: dict) -> list[str]:
     if metavar is None:
         return [option]
-    if metavar.startswith("{"):
-        return [option, metavar[1:-1].split(",")[0]]
+    if metavar.startswith("{"):  # a choice named in values (not the default), else the first
+        return [option, values.get(option, metavar[1:-1].split(",")[0])]
     return [option, values.get(option, "1")]
 
 
