@@ -18,7 +18,7 @@ only, and mlp-data's tests compare its torch transform against it:
    ``r = min(h_in / h, w_in / w)`` to ``round(w * r)`` x ``round(h * r)`` (skipped when the size
    is already that) with OpenCV's ``INTER_LINEAR`` geometry (half-pixel centres, no
    antialiasing when shrinking, unlike Pillow's bilinear: what ultralytics feeds its models;
-   within one grey level of OpenCV's fixed-point rounding), then pad with ``pad_value`` to ``crop_size``, ``round(d / 2 - 0.1)`` pixels
+   bit for bit, OpenCV's fixed-point arithmetic included), then pad with ``pad_value`` to ``crop_size``, ``round(d / 2 - 0.1)`` pixels
    before and the rest after on each axis (``resize_size`` equals ``crop_size`` here).
    :meth:`~ImageEvalSpec.letterbox` gives that geometry for one image, and
    :meth:`Letterbox.to_original` maps boxes back into the pixels of the image that was sent;
@@ -193,30 +193,54 @@ class Letterbox:
 
 
 def linear_resize(pixels: npt.NDArray[np.uint8], height: int, width: int) -> npt.NDArray[np.uint8]:
-    """Resize ``[H, W, C]`` uint8 pixels as OpenCV's ``INTER_LINEAR`` does: each output pixel
-    interpolates its two nearest source pixels per axis at half-pixel centres, with no
-    antialiasing when shrinking."""
-    rows, row_weights = _linear_taps(pixels.shape[0], height)
-    cols, col_weights = _linear_taps(pixels.shape[1], width)
-    source = pixels.astype(np.float32)
-    wy = row_weights[:, None, None]
-    vertical = source[rows[0]] * (1 - wy) + source[rows[1]] * wy
-    wx = col_weights[None, :, None]
-    out = vertical[:, cols[0]] * (1 - wx) + vertical[:, cols[1]] * wx
-    rounded: npt.NDArray[np.float32] = np.floor(out + 0.5)
+    """Resize ``[H, W, C]`` uint8 pixels as OpenCV's ``cv2.resize(..., INTER_LINEAR)`` does, to
+    the bit: each output pixel interpolates its two nearest source pixels per axis at
+    half-pixel centres (no antialiasing when shrinking), in OpenCV's fixed point.
+
+    Why to the bit: a detection network's scores move by up to 0.1 when a few pixels of its
+    input are one grey level apart, so a served upload must get exactly ultralytics' input.
+    OpenCV's arithmetic (resize.cpp, 8-bit): weights are ``round(w * 2048)`` from float32
+    fractions; the horizontal pass sums in int32; the vertical pass is its SIMD form,
+    ``((h0 >> 4) * b0 >> 16) + ((h1 >> 4) * b1 >> 16)`` rounded by ``(v + 2) >> 2``; columns
+    before the first or past the last centre take that pixel alone, rows keep their weights
+    and read the edge row twice. (A halving is OpenCV's area average there, the same values.)
+    """
+    rows_first, rows_second, beta0, beta1 = _fixed_point_taps(pixels.shape[0], height, False)
+    cols_first, cols_second, alpha0, alpha1 = _fixed_point_taps(pixels.shape[1], width, True)
+    horizontal = [
+        (source[:, cols_first] * alpha0[:, None] + source[:, cols_second] * alpha1[:, None]) >> 4
+        for source in (pixels[rows_first].astype(np.int32), pixels[rows_second].astype(np.int32))
+    ]
+    vertical = ((horizontal[0] * beta0[:, None, None]) >> 16) + (
+        (horizontal[1] * beta1[:, None, None]) >> 16
+    )
+    rounded = (vertical + 2) >> 2
     return np.minimum(np.maximum(rounded, 0), 255).astype(np.uint8)
 
 
-def _linear_taps(
-    size: int, out: int
-) -> tuple[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]], npt.NDArray[np.float32]]:
-    centres = np.maximum((np.arange(out) + 0.5) * (size / out) - 0.5, 0.0)
+def _fixed_point_taps(
+    size: int, out: int, clamp_edges: bool
+) -> tuple[
+    npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.int32], npt.NDArray[np.int32]
+]:
+    """OpenCV's source indices and 11-bit weights along one axis of a linear resize."""
+    centres = ((np.arange(out) + 0.5) * (1.0 / (out / size)) - 0.5).astype(np.float32)
     first = np.floor(centres).astype(np.intp)
-    weight = (centres - first).astype(np.float32)
-    last = first >= size - 1  # past the last pixel: that pixel alone, as OpenCV clamps
-    first = np.minimum(first, size - 1)
-    weight[last] = 0.0
-    return (first, np.minimum(first + 1, size - 1)), weight
+    fraction = (centres - first.astype(np.float32)).astype(np.float32)
+    if clamp_edges:  # OpenCV's columns outside the centres: the edge pixel at full weight
+        outside = (first < 0) | (first >= size - 1)
+        fraction[outside] = 0.0
+        first = np.minimum(np.maximum(first, 0), size - 1)
+    weight1 = np.rint(fraction * 2048).astype(np.int32)
+    complement = (1.0 - fraction).astype(np.float32)  # in float32, as OpenCV
+    weight0 = np.rint(complement * 2048).astype(np.int32)
+    last = size - 1  # rows past an edge read the edge row (OpenCV clips row indices)
+    return (
+        np.minimum(np.maximum(first, 0), last),
+        np.minimum(np.maximum(first + 1, 0), last),
+        weight0,
+        weight1,
+    )
 
 
 def center_crop(pixels: npt.NDArray[Pixel], height: int, width: int) -> npt.NDArray[Pixel]:
