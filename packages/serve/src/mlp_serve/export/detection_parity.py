@@ -382,7 +382,32 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_b = (b64[:, 2] - b64[:, 0]) * (b64[:, 3] - b64[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
+        overlap = np.where(union > 0, inter / union, 0.0)
+    # Boxes clipped flat (wholly in the letterbox's padding: ultralytics keeps them too) have no
+    # area: two flat boxes overlap as their extents along each axis do.
+    flat = union <= 0
+    if np.any(flat):
+        extent = np.ones_like(overlap)
+        for low, high in ((0, 2), (1, 3)):
+            extent *= _extent_iou(a64[:, low], a64[:, high], b64[:, low], b64[:, high])
+        overlap = np.where(flat, extent, overlap)
+    return overlap
+
+
+def _extent_iou(
+    a_low: np.ndarray, a_high: np.ndarray, b_low: np.ndarray, b_high: np.ndarray
+) -> np.ndarray:
+    """The IoU of intervals, all pairs; two points are the same (1) within 0.01 px."""
+    inter = np.minimum(a_high[:, None], b_high[None, :]) - np.maximum(
+        a_low[:, None], b_low[None, :]
+    )
+    union = np.maximum(a_high[:, None], b_high[None, :]) - np.minimum(
+        a_low[:, None], b_low[None, :]
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.clip(inter, 0, None) / union
+    points = (a_high - a_low)[:, None] + (b_high - b_low)[None, :] <= 0
+    return np.where(points, (union <= 0.01).astype(np.float64), np.where(union > 0, ratio, 0.0))
 
 
 def _show(row: np.ndarray) -> str:
