@@ -27,8 +27,9 @@ TEST_SIZES = [(48, 80), (128, 96), (200, 150), (40, 90), (100, 64), (36, 30), (6
 
 
 def write_resized_data(folder: Path) -> Path:
-    """A YOLO dataset whose test images have the sizes of TEST_SIZES, labelled."""
-    rng = np.random.default_rng(3)
+    """A YOLO dataset whose test images have the sizes of TEST_SIZES, labelled. (Seed 0: the
+    48 x 80 image gets boxes clipped flat into the padding, 6 at the default thresholds.)"""
+    rng = np.random.default_rng(0)
     splits = {"train": [(IMGSZ, IMGSZ)], "val": [(IMGSZ, IMGSZ)], "test": TEST_SIZES}
     for split, sizes in splits.items():
         (folder / "images" / split).mkdir(parents=True)
