@@ -21,7 +21,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,7 @@ from mlp_core.tensors import TensorSpec, from_numpy_dtype
 from mlp_obs.log import get_logger
 
 # mlp-obs owns the Prometheus dependency; its module re-exports the registry class.
-from mlp_obs.metrics import CollectorRegistry, InferenceMetrics
+from mlp_obs.metrics import CollectorRegistry, InferenceMetrics, RequestTracking
 from mlp_serve import __version__
 from mlp_serve.batching import DirectRunner, DynamicBatcher, OnEndFn
 from mlp_serve.config import ServeConfig
@@ -115,12 +114,12 @@ class DataPlane:
         self._started = False
         self._stopping = False
         self._stopped = False
-        # Requests in flight, on the loop and in other threads: changed under the lock; ``_idle``
-        # is set while there are none (what stop() waits for).
+        # Requests in flight, on the loop and in other threads: changed under the lock. ``_idle``
+        # is set once a stop has begun and none is left (what stop() waits for); only then, as
+        # setting and clearing an Event on every request would cost each a few microseconds.
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
         self._idle = threading.Event()
-        self._idle.set()
         self._poller: asyncio.Task | None = None
         # A worker of `mlp serve --workers N` sets this: admin load/unload then reach every
         # worker (mlp_serve.workers.admin.SharedAdmin).
@@ -147,6 +146,8 @@ class DataPlane:
             # Under the lock: a thread that entered before this is counted below; one that
             # enters after it sees _stopping and refuses.
             self._stopping = True
+            if not self._in_flight:
+                self._idle.set()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -324,23 +325,22 @@ class DataPlane:
                 return None
             with self._answered(entry, protocol):
                 feeds, names = self._validate(entry, request)
-                results = entry.runner.run_in_thread(feeds, names, timeout=timeout, on_end=on_end)
+                runner = entry.runner
+                if not runner.queued and runs_inline(entry.runtime, self.config.batching, feeds):
+                    # A quick model and nothing queued: this thread would lead a batch of its
+                    # own request anyway; the queue's bookkeeping and hand-offs cost more than
+                    # the run (mlp_serve.inline).
+                    results = runner.run_alone(feeds, names)
+                else:
+                    results = runner.run_in_thread(feeds, names, timeout=timeout, on_end=on_end)
                 return self._response(entry, request, names, results)
         finally:
             self._leave()
 
-    @contextlib.contextmanager
-    def _answered(self, entry: ModelVersion, protocol: str) -> Iterator[None]:
+    def _answered(self, entry: ModelVersion, protocol: str) -> _Answered:
         """Counts and times one request; every failure leaves as an :class:`InferenceError`."""
-        with self.metrics.track_request(entry.name, str(entry.version), protocol) as tracking:
-            try:
-                yield
-            except InferenceError as exc:
-                tracking.status = status_label(exc)
-                raise
-            except Exception as exc:  # a bug here must still be an answer, not a crash
-                log.exception("inference failed unexpectedly", model=entry.name)
-                raise InferenceError(f"internal error: {type(exc).__name__}: {exc}") from exc
+        tracking = self.metrics.track_request(entry.name, str(entry.version), protocol)
+        return _Answered(tracking, entry.name)
 
     def _lookup(self, name: str, version: str | None) -> ModelVersion:
         if self._stopping:
@@ -391,12 +391,11 @@ class DataPlane:
     def _enter(self) -> None:
         with self._in_flight_lock:
             self._in_flight += 1
-            self._idle.clear()
 
     def _leave(self) -> None:
         with self._in_flight_lock:
             self._in_flight -= 1
-            if self._in_flight == 0:
+            if self._in_flight == 0 and self._stopping:
                 self._idle.set()
 
     def _make_runner(
@@ -428,6 +427,32 @@ class DataPlane:
             except Exception:  # a bad scan must not stop polling for good
                 log.exception("repository poll failed")
             log.debug("repository polled", seconds=round(time.perf_counter() - started, 4))
+
+
+class _Answered:
+    """:meth:`DataPlane._answered`: a plain class, not a generator context manager, as it runs
+    on every request's path."""
+
+    __slots__ = ("_model", "_tracking")
+
+    def __init__(self, tracking: RequestTracking, model: str) -> None:
+        self._tracking = tracking
+        self._model = model
+
+    def __enter__(self) -> None:
+        self._tracking.__enter__()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: Any
+    ) -> None:
+        tracking = self._tracking
+        if isinstance(error, InferenceError):
+            tracking.status = status_label(error)
+        elif isinstance(error, Exception):  # a bug here must still be an answer, not a crash
+            log.exception("inference failed unexpectedly", model=self._model, exc_info=error)
+            tracking.__exit__(kind, error, trace)
+            raise InferenceError(f"internal error: {type(error).__name__}: {error}") from error
+        tracking.__exit__(kind, error, trace)
 
 
 def _triton_tensor(tensor: TensorSpec, max_batch_size: int) -> dict:

@@ -8,8 +8,10 @@ server calls ``session.run`` inline and wins by exactly that.
 
 So a quick model's REST request runs on the loop's thread, at once and on its own
 (``runner.run_alone``): requests reach the loop one at a time, so they would form batches of one
-anyway, and the batcher's queue would be bookkeeping for nothing. gRPC calls still batch among
-themselves in their threads; onnxruntime lets a REST run overlap one of their batches. The loop
+anyway, and the batcher's queue would be bookkeeping for nothing. A gRPC call to a quick model
+runs at once in its own thread by the same rule when nothing is queued (it would lead a batch of
+its own request anyway), and joins the queue when others wait; onnxruntime lets these runs
+overlap each other and a batch. The loop
 blocks for one quick run at most. A model is quick when its warm-up run (a batch of one) took
 under :data:`INLINE_MAX_SECONDS`, and a request is small enough when its rows times that time
 stay under :data:`INLINE_MAX_REQUEST_SECONDS`: a request of many rows goes to the pool, so
