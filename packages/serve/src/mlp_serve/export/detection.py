@@ -137,23 +137,9 @@ class DetectionExport:
                 f"(paired boxes need IoU >= {tolerance.iou} and scores within {tolerance.score}"
                 "):\n  " + "\n  ".join(record["failures"]),
                 hint="Nothing was written. Check that the run's model and weights/best.pt come "
-                "from the same training; pass --debug for the traceback." + self._resized_note(),
+                "from the same training; pass --debug for the traceback.",
             )
         return Built(proto, heads, checked)
-
-    def _resized_note(self) -> str:
-        resized = 0
-        for image in self.samples.images:
-            box = self.spec.letterbox(*image.shape[:2])
-            resized += (box.height, box.width) != image.shape[:2]
-        if not resized:
-            return ""
-        # Measured: pixels a grey level apart already move small boxes below IoU 0.99.
-        return (
-            f" {resized} of the {len(self.samples.images)} images were resized by the "
-            "letterbox: where the server's resize (mlp_core's image spec) and ultralytics' "
-            "(OpenCV) differ, even by a grey level, small boxes move."
-        )
 
     def fidelity(self, outputs: np.ndarray) -> dict[str, Any]:
         del outputs  # the gate's detailed record says it all
