@@ -82,7 +82,7 @@ print(f"penguins trained from the wheels: test accuracy {metrics['test.accuracy'
 assert metrics["test.accuracy"] >= 0.95, metrics
 PY
 
-step "mlp-serve as the serve image installs it: no torch in it; it serves a bundle"
+step "mlp-serve as the serve image installs it: no torch in it; it serves a tabular and a detection bundle"
 # What deploy/docker/serve.Dockerfile does: the same wheelhouse script (these wheels and the
 # lock's third-party ones), then its install line word for word but for the two paths
 # (tests/deploy/test_images.py holds the two to it). PIP_CACHE_DIR keeps a rerun local.
@@ -101,6 +101,12 @@ serve_run=$("$ROOT/.venv/bin/mlp" train "$ROOT/examples/penguins" \
     --set "data.path=$ROOT/examples/data/penguins.csv" --set training.epochs=3 \
     --set training.progress=none --run-dir "$work/serve-runs" | tail -n 1)
 "$ROOT/.venv/bin/mlp" export "$serve_run" --repo "$work/repo" --name penguins --no-mlflow \
+    | tail -n 1
+# A detection bundle beside it (trained through ultralytics in the workspace; served without it).
+shapes_run=$("$ROOT/.venv/bin/mlp" train "$ROOT/examples/shapes" \
+    --set "data.path=$work/shapes-data" --set training.epochs=1 \
+    --set training.progress=none --run-dir "$work/serve-runs" | tail -n 1)
+"$ROOT/.venv/bin/mlp" export "$shapes_run" --repo "$work/repo" --name shapes --no-mlflow \
     | tail -n 1
 log="$work/serve.log"
 # compose.yaml's api command: every address, the tokens from the serve config secret (its example).
@@ -156,11 +162,34 @@ for a, b in zip(rest, grpc):
     assert all(abs(a["probabilities"][k] - b["probabilities"][k]) < 1e-6 for k in a["probabilities"])
 print("REST /v1 and gRPC answered alike:", [a["label"] for a in rest])
 PY
+"$work/serve/bin/python" - "$http" "$token" "$work/shapes-data/images/test/test_00000.png" <<'PY'
+# A PNG upload to the detection bundle: boxes in the image's pixels, no torch or ultralytics here.
+import sys
+import httpx
+http, token, image = sys.argv[1:]
+with open(image, "rb") as file:
+    png = file.read()
+reply = httpx.post(
+    f"{http}/v1/models/shapes/predict/image",
+    params={"confidence": "0.001"},  # one epoch of training: low scores, but boxes
+    files={"file": ("shape.png", png, "image/png")},
+    headers={"Authorization": f"Bearer {token}"},
+    timeout=60,
+)
+assert reply.status_code == 200, reply.text
+[found] = reply.json()["predictions"]
+assert found, "no boxes at confidence 0.001"
+for detection in found:
+    assert set(detection) == {"box", "score", "class_id", "label"}, detection
+    x1, y1, x2, y2 = detection["box"]
+    assert 0 <= x1 <= x2 <= 64 and 0 <= y1 <= y2 <= 64, detection
+print(f"the detection bundle answered {len(found)} boxes; the best: {found[0]}")
+PY
 kill -TERM $server
 status=0
 wait $server || status=$?
 trap 'rm -rf "$work"' EXIT
 [ $status -eq 0 ] || { cat "$log"; echo "mlp serve exited $status after SIGTERM"; exit 1; }
-echo "mlp serve (from the wheels, no torch) drained and exited 0 on SIGTERM"
+echo "mlp serve (from the wheels, no torch) served tabular and detection bundles, drained and exited 0 on SIGTERM"
 
 echo "wheel check passed"
