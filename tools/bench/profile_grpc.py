@@ -136,25 +136,9 @@ class _Context:
 
 
 class FloorServer:
-    """grpc's synchronous server, 32 threads as ours, answering ModelInfer with nothing
-    (``proto``: parsing the request and answering an empty ModelInferResponse)."""
+    """grpc's synchronous server, 32 threads as ours, with one ModelInfer ``method``."""
 
-    def __init__(self, proto: bool) -> None:
-        def nothing(request: bytes, context: grpc.ServicerContext) -> bytes:
-            return b""
-
-        def empty(request: pb.ModelInferRequest, context: grpc.ServicerContext) -> Any:
-            return pb.ModelInferResponse()
-
-        method = (
-            grpc.unary_unary_rpc_method_handler(
-                empty,
-                request_deserializer=pb.ModelInferRequest.FromString,
-                response_serializer=pb.ModelInferResponse.SerializeToString,
-            )
-            if proto
-            else grpc.unary_unary_rpc_method_handler(nothing)
-        )
+    def __init__(self, method: grpc.RpcMethodHandler) -> None:
         handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {"ModelInfer": method})
         self.executor = futures.ThreadPoolExecutor(32)
         self.server = grpc.server(self.executor, handlers=[handler])
@@ -164,6 +148,46 @@ class FloorServer:
     def close(self) -> None:
         self.server.stop(None).wait()
         self.executor.shutdown(wait=False)
+
+
+def do_nothing() -> grpc.RpcMethodHandler:
+    """Empty bytes back, the request unread: grpc's own per-call work."""
+    return grpc.unary_unary_rpc_method_handler(lambda request, context: b"")
+
+
+def empty_response() -> grpc.RpcMethodHandler:
+    """The request parsed, an empty ModelInferResponse back: what any servicer of the proto pays."""
+    return grpc.unary_unary_rpc_method_handler(
+        lambda request, context: pb.ModelInferResponse(),
+        request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=pb.ModelInferResponse.SerializeToString,
+    )
+
+
+def bare_onnxruntime(model: Path) -> grpc.RpcMethodHandler:
+    """A minimal hand-written servicer: the raw input as an array, onnxruntime (one thread, no
+    spinning, as ours gets on one core), the raw output back; no checks, no metrics."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+    def infer(request: pb.ModelInferRequest, context: grpc.ServicerContext) -> Any:
+        tensor = request.inputs[0]
+        x = np.frombuffer(request.raw_input_contents[0], "<f4").reshape(tensor.shape)
+        y = cast(np.ndarray, session.run(None, {tensor.name: x})[0])
+        response = pb.ModelInferResponse(model_name=request.model_name, model_version="1")
+        response.outputs.add(name="y", datatype="FP32", shape=y.shape)
+        response.raw_output_contents.append(y.tobytes())
+        return response
+
+    return grpc.unary_unary_rpc_method_handler(
+        infer,
+        request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=pb.ModelInferResponse.SerializeToString,
+    )
 
 
 # -- load --------------------------------------------------------------------------------------
@@ -280,7 +304,13 @@ def main() -> None:
         outputs = np.frombuffer(answer.raw_output_contents[0], "<f4")
         assert outputs.shape == (spec.layers[-1],) and np.isfinite(outputs).all(), answer
         answer_bytes = answer.ByteSize()
-        floors = {"floor": FloorServer(proto=False), "floor + proto": FloorServer(proto=True)}
+        floors = {
+            "floor": FloorServer(do_nothing()),
+            "floor + proto": FloorServer(empty_response()),
+            "bare onnxruntime": FloorServer(
+                bare_onnxruntime(repo / spec.name / "1" / "model.onnx")
+            ),
+        }
 
         def over_grpc(port: int, answered: int) -> Callable[[], float]:
             load.run(port, max(500, args.connections * args.streams), answered)  # warm-up
@@ -298,6 +328,7 @@ def main() -> None:
         cells = {
             "floor": over_grpc(floors["floor"].port, 0),
             "floor + proto": over_grpc(floors["floor + proto"].port, 0),
+            "bare onnxruntime": over_grpc(floors["bare onnxruntime"].port, answer_bytes),
             "mlp": over_grpc(ours.port, answer_bytes),
             "mlp no batching": over_grpc(unbatched.port, answer_bytes),
             "mlp handler only": direct,

@@ -468,7 +468,7 @@ def _instance_kind(runtime: ModelRuntime) -> str:
 
 def _output_tensor(name: str, array: np.ndarray) -> Tensor:
     array = np.asarray(array)
-    if array.dtype == object or array.dtype.kind in "SU":
+    if array.dtype.kind in "OSU":
         # onnxruntime returns str for string tensors; the protocol carries bytes.
         flat = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.flat]
         data = np.empty(len(flat), dtype=object)

@@ -46,7 +46,7 @@ def validate_inputs(
     missing = [describe(t) for t in signature if t.name not in given]
     if missing:
         raise InvalidInput(f"missing input {', '.join(missing)}")
-    if max_batch_size > 0:
+    if max_batch_size > 0 and len(given) > 1:
         sizes = {name: int(array.shape[0]) for name, array in given.items()}
         if len(set(sizes.values())) > 1:
             raise InvalidInput(f"inputs disagree on the batch size (first axis): {sizes}")
@@ -56,6 +56,8 @@ def validate_inputs(
 def validate_outputs(requested: Sequence[str], signature: Sequence[TensorSpec]) -> list[str]:
     """The output names to return: the requested ones, or every output when none is asked for."""
     names = [t.name for t in signature]
+    if not requested:  # the common case
+        return names
     for name in requested:
         if name not in names:
             raise InvalidInput(f"unknown output {name!r}; the model returns {', '.join(names)}")
@@ -91,8 +93,9 @@ def _check_tensor(
 
 def _check_shape(spec: TensorSpec, shape: list[int], max_batch_size: int) -> None:
     name, want = spec.name, spec.shape
-    if any(not isinstance(d, int) or d < 0 for d in shape):
-        raise InvalidInput(f"input {name!r}: shape {shape} has a negative or non-integer size")
+    for size in shape:  # a loop, not any() over a generator: this runs on every request
+        if not isinstance(size, int) or size < 0:
+            raise InvalidInput(f"input {name!r}: shape {shape} has a negative or non-integer size")
     if len(shape) != len(want):
         raise InvalidInput(
             f"input {name!r}: shape {shape} has rank {len(shape)}, expected rank {len(want)} "

@@ -62,6 +62,7 @@ _FIELD_DTYPE = {
     "fp64_contents": np.dtype(np.float64),
 }
 _ALL_CONTENTS_FIELDS = tuple(pb.InferTensorContents.DESCRIPTOR.fields_by_name)
+_KNOWN_DATATYPES = frozenset(DATATYPES)
 
 # model_config.proto's DataType names for KServe v2 datatypes (BYTES is Triton's TYPE_STRING).
 CONFIG_DATATYPE = {name: "TYPE_STRING" if name == "BYTES" else f"TYPE_{name}" for name in DATATYPES}
@@ -85,47 +86,43 @@ def parse_message(message_class: type[M], body: bytes) -> M:
 
 def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
     """The protocol-neutral request of a ModelInferRequest (model name and version aside)."""
+    # Each field read from a protobuf message builds a new Python object: read once each.
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
+    tensors = message.inputs
+    if raw and len(raw) != len(tensors):
         raise InvalidInput(
-            f"the request has {len(message.inputs)} inputs but {len(raw)} raw_input_contents; "
+            f"the request has {len(tensors)} inputs but {len(raw)} raw_input_contents; "
             "when raw contents are used, every input needs exactly one, in input order"
         )
     seen: set[str] = set()
     inputs = []
-    for index, tensor in enumerate(message.inputs):
-        if tensor.name in seen:
-            raise InvalidInput(f"input {tensor.name!r} appears more than once in the request")
-        seen.add(tensor.name)
-        datatype, shape = _checked_signature(tensor.name, tensor.datatype, tensor.shape)
+    for index, tensor in enumerate(tensors):
+        name = tensor.name
+        if name in seen:
+            raise InvalidInput(f"input {name!r} appears more than once in the request")
+        seen.add(name)
+        datatype, shape = _checked_signature(name, tensor.datatype, tensor.shape)
         if raw:
             if tensor.HasField("contents") and any(
                 len(getattr(tensor.contents, field)) for field in _ALL_CONTENTS_FIELDS
             ):
                 raise InvalidInput(
-                    f"input {tensor.name!r} has both typed contents and raw_input_contents; "
+                    f"input {name!r} has both typed contents and raw_input_contents; "
                     "a request uses one or the other for all its inputs"
                 )
-            data = array_from_raw(tensor.name, datatype, shape, raw[index])
+            data = array_from_raw(name, datatype, shape, raw[index])
         else:
-            data = _decode_contents(tensor.name, datatype, shape, tensor.contents)
-        inputs.append(
-            Tensor(tensor.name, datatype, shape, data, decode_parameters(tensor.parameters))
-        )
+            data = _decode_contents(name, datatype, shape, tensor.contents)
+        inputs.append(Tensor(name, datatype, shape, data, decode_parameters(tensor.parameters)))
     outputs = [
-        RequestedOutput(name=output.name, parameters=decode_parameters(output.parameters))
+        RequestedOutput(output.name, False, decode_parameters(output.parameters))
         for output in message.outputs
     ]
-    return InferRequest(
-        inputs=inputs,
-        outputs=outputs,
-        id=message.id,
-        parameters=decode_parameters(message.parameters),
-    )
+    return InferRequest(inputs, outputs, message.id, decode_parameters(message.parameters))
 
 
 def _checked_signature(name: str, datatype: str, shape: Iterable[int]) -> tuple[str, list[int]]:
-    if datatype not in DATATYPES:
+    if datatype not in _KNOWN_DATATYPES:
         raise InvalidInput(
             f"input {name!r} has datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
         )
@@ -209,13 +206,15 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
         model_version=str(response.model_version),
         id=response.id,
     )
-    encode_parameters(message.parameters, response.parameters)
+    if response.parameters:  # reading message.parameters alone builds a map object
+        encode_parameters(message.parameters, response.parameters)
+    entries, contents = message.outputs, message.raw_output_contents
     for tensor in response.outputs:
         data = np.asarray(tensor.data)
-        entry = message.outputs.add(name=tensor.name, datatype=tensor.datatype)
-        entry.shape.extend(data.shape)
-        encode_parameters(entry.parameters, tensor.parameters)
-        message.raw_output_contents.append(array_to_raw(data, tensor.datatype))
+        entry = entries.add(name=tensor.name, datatype=tensor.datatype, shape=data.shape)
+        if tensor.parameters:
+            encode_parameters(entry.parameters, tensor.parameters)
+        contents.append(array_to_raw(data, tensor.datatype))
     return message
 
 
