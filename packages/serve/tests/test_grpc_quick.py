@@ -123,3 +123,42 @@ def test_with_a_queue_delay_a_quick_models_call_still_waits_for_company(repo, he
         np.testing.assert_allclose(call.result(30), rows @ W + B, rtol=1e-5)
         leader.result(30)
     assert runs[-1] == [4.0]
+
+
+def test_a_bug_in_the_data_plane_is_an_internal_error_counted_and_the_server_goes_on(
+    repo, monkeypatch
+):
+    # The request accounting turns any exception into an answer: a bug must not crash the call
+    # thread nor leave the request counted in flight.
+    from mlp_serve.dataplane import DataPlane
+
+    original = DataPlane._response
+    calls = {"n": 0}
+
+    def buggy_once(entry, request, names, results):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("a bug")
+        return original(entry, request, names, results)
+
+    monkeypatch.setattr(DataPlane, "_response", staticmethod(buggy_once))
+    write_bundle(repo, "linear", 1, linear_model())
+    rows = np.ones((1, 4), dtype=np.float32)
+    with (
+        GrpcServerThread(repo, cpu_config()) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        with pytest.raises(grpc.RpcError) as failed:
+            grpc_infer(channel, rows)
+        error = failed.value
+        assert error.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+        assert error.details() == "internal error: ValueError: a bug"  # type: ignore[attr-defined]
+        np.testing.assert_allclose(grpc_infer(channel, rows), rows @ W + B, rtol=1e-5)
+        assert server.dataplane is not None and server.dataplane.registry is not None
+        registry, dataplane = server.dataplane.registry, server.dataplane
+        labels = {"model": "linear", "version": "1", "protocol": "grpc"}
+        requests = "mlp_inference_requests_total"
+        assert registry.get_sample_value(requests, {**labels, "status": "error"}) == 1
+        assert registry.get_sample_value(requests, {**labels, "status": "ok"}) == 1
+        assert registry.get_sample_value("mlp_inference_in_flight_requests", labels) == 0
+        assert dataplane.in_flight == 0
