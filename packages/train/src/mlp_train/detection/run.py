@@ -73,7 +73,7 @@ def train_detection(
     config: Any, run_dir: Path, *, resume: bool = False, source: str | None = None
 ) -> Any:
     """Train a detection config into ``run_dir`` (a new folder, or a run to resume)."""
-    from mlp_train.run import BestEpoch, RunResult
+    from mlp_train.run import BestEpoch, RunResult, _tracking_summary
 
     require_ultralytics()
     from mlp_models.ultralytics_env import import_ultralytics, preserved_threads
@@ -364,14 +364,6 @@ def _device(device: str) -> str | None:
     from mlp_train.detection.arguments import _device as ultralytics_device
 
     return ultralytics_device(device)
-
-
-def _tracking_summary(tracker: ExperimentTracker) -> dict[str, str]:
-    remote = getattr(tracker, "remote", None)
-    run_id, uri = getattr(remote, "run_id", None), getattr(remote, "tracking_uri", None)
-    if not run_id or not uri:
-        return {}
-    return {"run_id": str(run_id), "tracking_uri": str(uri)}
 
 
 def _write_json(path: Path, data: Any) -> None:
