@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 
+from mlp_serve._generated import mlp_inference_pb2 as pb
 from mlp_serve.config import ServeConfig
 from mlp_serve.dataplane import DataPlane
 from mlp_serve.grpc.server import create_grpc_server, stop_grpc_server
@@ -79,3 +81,15 @@ def raw_call(
 ) -> bytes:
     """One unary call with bytes in and out: no (de)serializer on the client side at all."""
     return channel.unary_unary(INFERENCE + method)(body, metadata=metadata, timeout=30)
+
+
+def linear_infer(channel: grpc.Channel, rows: np.ndarray) -> np.ndarray:
+    """serve_helpers' ``linear`` model (FP32 ``x`` [-1, 4] -> ``y`` [-1, 3]) run on ``rows`` by
+    one raw ModelInfer call; its output as an array."""
+    request = pb.ModelInferRequest(model_name="linear")
+    request.inputs.add(name="x", datatype="FP32", shape=list(rows.shape))
+    request.raw_input_contents.append(rows.astype("<f4").tobytes())
+    response = pb.ModelInferResponse.FromString(
+        raw_call(channel, "ModelInfer", request.SerializeToString())
+    )
+    return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(-1, 3)

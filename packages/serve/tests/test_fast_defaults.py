@@ -18,10 +18,9 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from grpc_helpers import raw_call
+from grpc_helpers import linear_infer
 from serve_helpers import STARTUP, B, W, cpu_config, linear_model, slow_model, write_bundle
 
-from mlp_serve._generated import mlp_inference_pb2 as pb
 from mlp_serve.config import BatchingConfig
 from mlp_serve.inline import INLINE_MAX_REQUEST_SECONDS, runs_inline
 from mlp_serve.rest.codec import decode_request, dump_json
@@ -120,16 +119,6 @@ def test_only_quick_models_and_small_requests_without_a_queue_delay_run_inline(
     assert not runs_inline(quick, batching, {"x": np.zeros((many, 4), dtype=np.float32)})
 
 
-def grpc_infer(channel: grpc.Channel, rows: np.ndarray) -> np.ndarray:
-    request = pb.ModelInferRequest(model_name="linear")
-    request.inputs.add(name="x", datatype="FP32", shape=list(rows.shape))
-    request.raw_input_contents.append(rows.astype("<f4").tobytes())
-    response = pb.ModelInferResponse.FromString(
-        raw_call(channel, "ModelInfer", request.SerializeToString())
-    )
-    return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(-1, 3)
-
-
 @pytest.mark.parametrize("batching", [True, False], ids=["batching", "no-batching"])
 def test_concurrent_rest_and_grpc_to_a_quick_model_all_right(repo: Path, batching: bool) -> None:
     write_bundle(repo, "linear", 1, linear_model())
@@ -146,7 +135,7 @@ def test_concurrent_rest_and_grpc_to_a_quick_model_all_right(repo: Path, batchin
             return np.asarray(response.json()["outputs"][0]["data"]).reshape(-1, 3)
 
         requests = [
-            (rest if i % 2 else lambda r: grpc_infer(channel, r), rng.normal(size=(1 + i % 3, 4)))
+            (rest if i % 2 else lambda r: linear_infer(channel, r), rng.normal(size=(1 + i % 3, 4)))
             for i in range(120)
         ]
         with ThreadPoolExecutor(12) as pool:

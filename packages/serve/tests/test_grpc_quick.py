@@ -16,24 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from grpc_helpers import GrpcServerThread, raw_call
+from grpc_helpers import GrpcServerThread, linear_infer
 from serve_helpers import B, W, cpu_config, linear_model, write_bundle
 
-from mlp_serve._generated import mlp_inference_pb2 as pb
 from mlp_serve.batching import DynamicBatcher
 from mlp_serve.runtime import ModelRuntime
 
 BLOCKER = np.full((1, 4), 1000.0, dtype=np.float32)
-
-
-def grpc_infer(channel: grpc.Channel, rows: np.ndarray) -> np.ndarray:
-    request = pb.ModelInferRequest(model_name="linear")
-    request.inputs.add(name="x", datatype="FP32", shape=list(rows.shape))
-    request.raw_input_contents.append(rows.astype("<f4").tobytes())
-    response = pb.ModelInferResponse.FromString(
-        raw_call(channel, "ModelInfer", request.SerializeToString())
-    )
-    return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(-1, 3)
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
@@ -83,13 +72,13 @@ def test_a_quick_models_call_runs_at_once_beside_a_running_batch_and_queues_behi
         leader = pool.submit(runner.run_in_thread, {"x": BLOCKER}, ["y"])
         assert running.wait(30)
         # The quick model's call does not wait for that batch: it runs at once, on its own.
-        np.testing.assert_allclose(grpc_infer(channel, alone), alone @ W + B, rtol=1e-5)
+        np.testing.assert_allclose(linear_infer(channel, alone), alone @ W + B, rtol=1e-5)
         assert runs[-1] == alone[:, 0].tolist() and runner.queued == 0
 
         # With a request queued behind the batch, a call joins the queue (and its batch).
         queued = pool.submit(runner.run_in_thread, {"x": queued_rows}, ["y"])
         wait_for(lambda: runner.queued == 1)
-        joining = pool.submit(grpc_infer, channel, joining_rows)
+        joining = pool.submit(linear_infer, channel, joining_rows)
         wait_for(lambda: runner.queued == 2)
         assert not joining.done()
         release.set()
@@ -116,7 +105,7 @@ def test_with_a_queue_delay_a_quick_models_call_still_waits_for_company(repo, he
         leader = pool.submit(runner.run_in_thread, {"x": BLOCKER}, ["y"])
         assert running.wait(30)
         # Nothing queued, but the delay says requests wait for company: it queues.
-        call = pool.submit(grpc_infer, channel, rows)
+        call = pool.submit(linear_infer, channel, rows)
         wait_for(lambda: runner.queued == 1)
         assert not call.done()
         release.set()
@@ -149,11 +138,11 @@ def test_a_bug_in_the_data_plane_is_an_internal_error_counted_and_the_server_goe
         grpc.insecure_channel(server.address) as channel,
     ):
         with pytest.raises(grpc.RpcError) as failed:
-            grpc_infer(channel, rows)
+            linear_infer(channel, rows)
         error = failed.value
         assert error.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
         assert error.details() == "internal error: ValueError: a bug"  # type: ignore[attr-defined]
-        np.testing.assert_allclose(grpc_infer(channel, rows), rows @ W + B, rtol=1e-5)
+        np.testing.assert_allclose(linear_infer(channel, rows), rows @ W + B, rtol=1e-5)
         assert server.dataplane is not None and server.dataplane.registry is not None
         registry, dataplane = server.dataplane.registry, server.dataplane
         labels = {"model": "linear", "version": "1", "protocol": "grpc"}
