@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -173,6 +174,13 @@ def _signature(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
         return {"name": value.name, "datatype": _KSERVE[tensor.elem_type], "shape": shape}
 
     return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]
+
+
+def logged_rows(path: Path) -> list[dict]:
+    """Every row of a JSON log file (the ``log_rows`` fixture's), its handlers flushed first."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def free_port() -> int:

@@ -7,18 +7,20 @@ Every test asserts what this machine should give: whether CUDA can start is deci
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import onnxruntime as ort
 import pytest
-from serve_helpers import cuda_libraries_load, linear_model, nvml_sees_a_gpu, write_bundle
+from serve_helpers import (
+    cuda_libraries_load,
+    linear_model,
+    logged_rows,
+    nvml_sees_a_gpu,
+    write_bundle,
+)
 
 from mlp_core.errors import ConfigError, ServingError
-from mlp_obs.log import configure_logging
 from mlp_serve.config import ServeConfig, load_serve_config
 from mlp_serve.runtime import CPU, CUDA, load_runtime
 from mlp_serve.server import BackgroundServer
@@ -27,27 +29,9 @@ GPU = nvml_sees_a_gpu()
 CUDA_EXPECTED = GPU and CUDA in ort.get_available_providers() and cuda_libraries_load()
 
 
-@pytest.fixture
-def log_rows(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "serve.jsonl"
-    root = logging.getLogger()
-    before = list(root.handlers)
-    configure_logging("INFO", json_file=path, console=False)
-    yield path
-    for handler in root.handlers[:]:
-        if handler not in before:
-            root.removeHandler(handler)
-            handler.close()
-
-
-def rows(path: Path) -> list[dict]:
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def provider_lines(path: Path) -> list[dict]:
-    return [r for r in rows(path) if r["logger"] == "mlp_serve.runtime" and "runs on" in r["event"]]
+    rows = logged_rows(path)
+    return [r for r in rows if r["logger"] == "mlp_serve.runtime" and "runs on" in r["event"]]
 
 
 @pytest.fixture

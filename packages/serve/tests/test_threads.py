@@ -4,16 +4,11 @@ on the real session and in one log line per model."""
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from serve_helpers import linear_model, write_bundle
+from serve_helpers import linear_model, logged_rows, write_bundle
 
-from mlp_obs.log import configure_logging
 from mlp_serve.config import ServeConfig
 from mlp_serve.runtime import load_runtime
 from mlp_serve.threads import (
@@ -148,23 +143,8 @@ def test_model_bytes_counts_external_data(tmp_path: Path) -> None:
 # -- on the real session, and in the log ------------------------------------------------------
 
 
-@pytest.fixture
-def log_rows(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "serve.jsonl"
-    root = logging.getLogger()
-    before = list(root.handlers)
-    configure_logging("INFO", json_file=path, console=False)
-    yield path
-    for handler in root.handlers[:]:
-        if handler not in before:
-            root.removeHandler(handler)
-            handler.close()
-
-
 def thread_lines(path: Path) -> list[dict]:
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = logged_rows(path)
     return [r for r in rows if r["logger"] == "mlp_serve.runtime" and "intra-op" in r["event"]]
 
 
