@@ -183,6 +183,14 @@ def logged_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def write_protocol_models(repo: Path) -> None:
+    """``linear`` (FP32), ``ints`` (INT64) and ``strings`` (BYTES), each v1 with a manifest: the
+    models the protocol and fuzz tests speak to over REST and gRPC."""
+    write_bundle(repo, "linear", 1, linear_model())
+    write_bundle(repo, "ints", 1, int_model())
+    write_bundle(repo, "strings", 1, string_model())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

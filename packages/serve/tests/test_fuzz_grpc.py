@@ -19,10 +19,11 @@ import struct
 import grpc
 import numpy as np
 import pytest
+from fuzz_helpers import fuzz
 from grpc_helpers import INFERENCE, GrpcServerThread
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from serve_helpers import B, W, cpu_config, int_model, linear_model, string_model, write_bundle
+from serve_helpers import B, W, cpu_config, write_protocol_models
 from tritonclient.grpc import service_pb2 as triton
 
 DEADLINE = 10.0  # seconds; a call that takes longer is a hang
@@ -42,24 +43,10 @@ MODELS = {
 EXAMPLES_RUN: dict[str, dict[str, int]] = {}
 
 
-def fuzz(examples: int):
-    """A fixed seed, a bounded number of examples, no per-example time limit (the server's
-    first calls warm up), and no complaint about the module-scoped server fixture."""
-    return settings(
-        derandomize=True,
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
-    write_bundle(repo, "linear", 1, linear_model())
-    write_bundle(repo, "ints", 1, int_model())
-    write_bundle(repo, "strings", 1, string_model())
+    write_protocol_models(repo)
     config = cpu_config(batching={"max_batch_size": MAX_BATCH})
     with GrpcServerThread(repo, config) as running:
         yield running

@@ -20,17 +20,16 @@ import struct
 import httpx
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzz_helpers import fuzz
+from hypothesis import given
 from hypothesis import strategies as st
 from serve_helpers import (
     B,
     W,
     cpu_config,
-    int_model,
-    linear_model,
-    string_model,
     tabular_model,
     write_bundle,
+    write_protocol_models,
 )
 
 from mlp_serve.server import BackgroundServer
@@ -50,22 +49,10 @@ MODELS = {
 EXAMPLES_RUN: dict[str, dict[int, int]] = {}
 
 
-def fuzz(examples: int):
-    return settings(
-        derandomize=True,
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
-    write_bundle(repo, "linear", 1, linear_model())
-    write_bundle(repo, "ints", 1, int_model())
-    write_bundle(repo, "strings", 1, string_model())
+    write_protocol_models(repo)
     write_bundle(
         repo,
         "tabular",

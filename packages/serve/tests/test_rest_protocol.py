@@ -15,11 +15,10 @@ from serve_helpers import (
     W,
     cpu_config,
     fragile_model,
-    int_model,
     linear_model,
-    string_model,
     tabular_model,
     write_bundle,
+    write_protocol_models,
 )
 from tritonclient.utils import InferenceServerException
 
@@ -32,9 +31,7 @@ LIMIT = 1 << 20  # max_request_bytes of this module's server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
-    write_bundle(repo, "linear", 1, linear_model())
-    write_bundle(repo, "ints", 1, int_model())
-    write_bundle(repo, "strings", 1, string_model())
+    write_protocol_models(repo)
     write_bundle(repo, "tabular", 1, tabular_model())
     write_bundle(repo, "fragile", 1, fragile_model(), manifest=False)
     write_bundle(repo, "bare", 1, linear_model(W * 2, B), manifest=False)
