@@ -36,19 +36,31 @@ OUTPUTS = [
     ("detection_classes", "INT32", [-1, -1]),
     ("detection_labels", "BYTES", [-1, -1]),
 ]
-LETTERBOX_SPEC = {
-    "kind": "image",
-    "version": 1,
-    "color_mode": "RGB",
-    "resize_mode": "letterbox",
-    "resize_size": [SIZE, SIZE],
-    "interpolation": "bilinear",
-    "crop_size": [SIZE, SIZE],
-    "pad_value": 114,
-    "scale": 1 / 255,
-    "mean": [0.0, 0.0, 0.0],
-    "std": [1.0, 1.0, 1.0],
-}
+
+
+def letterbox_spec(size: int) -> dict:
+    """The preprocessing of a YOLO detector at ``size`` x ``size``, every field spelt out (as the
+    exporter writes it): letterboxed with grey 114, scaled to [0, 1], no normalisation."""
+    return {
+        "kind": "image",
+        "version": 1,
+        "color_mode": "RGB",
+        "resize_mode": "letterbox",
+        "resize_size": [size, size],
+        "interpolation": "bilinear",
+        "crop_size": [size, size],
+        "pad_value": 114,
+        "scale": 1 / 255,
+        "mean": [0.0, 0.0, 0.0],
+        "std": [1.0, 1.0, 1.0],
+        "channel_order": ["R", "G", "B"],
+        "layout": "CHW",
+        "dtype": "float32",
+        "input_dtype": "uint8",
+    }
+
+
+LETTERBOX_SPEC = letterbox_spec(SIZE)
 
 
 def anchor_xywh() -> np.ndarray:

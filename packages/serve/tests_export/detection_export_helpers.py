@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from detection_serve_helpers import letterbox_spec
 from PIL import Image, ImageDraw
 
 from mlp_models import create_model
@@ -26,23 +27,7 @@ from mlp_models.ultralytics_env import import_ultralytics
 
 IMGSZ = 64
 CLASSES = ["rectangle", "circle", "triangle"]
-LETTERBOX_SPEC = {
-    "kind": "image",
-    "version": 1,
-    "color_mode": "RGB",
-    "resize_mode": "letterbox",
-    "resize_size": [IMGSZ, IMGSZ],
-    "interpolation": "bilinear",
-    "crop_size": [IMGSZ, IMGSZ],
-    "pad_value": 114,
-    "scale": 1 / 255,
-    "mean": [0.0, 0.0, 0.0],
-    "std": [1.0, 1.0, 1.0],
-    "channel_order": ["R", "G", "B"],
-    "layout": "CHW",
-    "dtype": "float32",
-    "input_dtype": "uint8",
-}
+LETTERBOX_SPEC = letterbox_spec(IMGSZ)
 
 
 def shapes_image(rng: np.random.Generator, size: tuple[int, int] = (IMGSZ, IMGSZ)) -> Image.Image:
