@@ -10,39 +10,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
+import train_helpers
+from train_helpers import SHAPES_IMGSZ
 
-from mlp_data.synthetic import write_shapes_dataset
-
-IMGSZ = 64
+IMGSZ = SHAPES_IMGSZ
 CLASSES = ["rectangle", "circle", "triangle"]
 
 
 def shapes_config(
     root: Path, *, n_train: int = 16, n_val: int = 4, n_test: int = 4, epochs: int = 1
 ) -> Path:
-    """A one-file config (data, model, training) for a fresh shapes dataset under ``root``."""
-    data = write_shapes_dataset(
-        root / "shapes", n_train=n_train, n_val=n_val, n_test=n_test, image_size=IMGSZ, seed=0
+    """A one-file config (data, model, training) for a fresh shapes dataset under ``root``, its
+    runs under ``root / "runs"``, no progress lines."""
+    return train_helpers.shapes_config(
+        root,
+        epochs=epochs,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        run_dir=str(root / "runs"),
+        progress="none",
     )
-    config = {
-        "data": {"adapter": "yolo", "path": str(data), "imgsz": IMGSZ, "batch_size": 8},
-        "model": {"name": "yolo", "arch": "yolov8n.yaml"},
-        "training": {
-            "epochs": epochs,
-            "seed": 0,
-            "device": "cpu",
-            "run_dir": str(root / "runs"),
-            "run_name": "shapes",
-            "progress": "none",
-            "tracking": {"backend": "local"},
-            "optimizer": {"name": "adamw", "lr": 0.003},
-            "yolo": {"warmup_epochs": 0, "mosaic": 0.0},
-        },
-    }
-    path = root / "shapes.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def train_shapes_run(root: Path, *, epochs: int = 1, **sizes: int) -> Path:

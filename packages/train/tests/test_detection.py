@@ -17,18 +17,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import train_helpers
 import yaml
-from train_helpers import REPO_ROOT, last_line, mlp, subprocess_env
+from train_helpers import REPO_ROOT, SHAPES_IMGSZ, last_line, mlp, subprocess_env
 
 from mlp_core.errors import ConfigError
-from mlp_data.synthetic import write_shapes_dataset
 from mlp_models import YOLOModel, load_model
 from mlp_models.ultralytics_env import import_ultralytics, preserved_threads
 from mlp_train.config import TrainConfig
 from mlp_train.detection.arguments import ultralytics_arguments
 from mlp_train.run import evaluate
 
-IMGSZ = 64
+IMGSZ = SHAPES_IMGSZ
 EPOCHS = 2
 PER_EPOCH = ("train.box_loss", "train.cls_loss", "train.dfl_loss", "val.box_loss")
 PER_EPOCH += ("val.precision", "val.recall", "val.mAP50", "val.mAP50-95", "epoch_seconds")
@@ -36,25 +36,7 @@ FINAL = [f"{s}.{m}" for s in ("val", "test") for m in ("precision", "recall", "m
 
 
 def shapes_config(root: Path, *, epochs: int = EPOCHS, n_train: int = 16) -> Path:
-    data = write_shapes_dataset(
-        root / "shapes", n_train=n_train, n_val=4, n_test=4, image_size=IMGSZ, seed=0
-    )
-    config = {
-        "data": {"adapter": "yolo", "path": str(data), "imgsz": IMGSZ, "batch_size": 8},
-        "model": {"name": "yolo", "arch": "yolov8n.yaml"},
-        "training": {
-            "epochs": epochs,
-            "seed": 0,
-            "device": "cpu",
-            "run_name": "shapes",
-            "tracking": {"backend": "local"},
-            "optimizer": {"name": "adamw", "lr": 0.003},
-            "yolo": {"warmup_epochs": 0, "mosaic": 0.0},
-        },
-    }
-    path = root / "shapes.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return train_helpers.shapes_config(root, epochs=epochs, n_train=n_train)
 
 
 def rows(run_dir: Path) -> list[dict]:

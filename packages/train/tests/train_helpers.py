@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
+from mlp_data.synthetic import write_shapes_dataset
 from mlp_train.callbacks import Callback
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -149,3 +151,38 @@ def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
     assert a.keys() == b.keys()
     different = [key for key in a if not torch.equal(a[key], b[key])]
     assert not different, f"tensors differ: {different}"
+
+
+SHAPES_IMGSZ = 64
+
+
+def shapes_config(
+    root: Path, *, epochs: int, n_train: int = 16, n_val: int = 4, n_test: int = 4, **training: Any
+) -> Path:
+    """A one-file detection config (data, model, training) for a fresh shapes dataset under
+    ``root``: ``yolov8n.yaml`` at SHAPES_IMGSZ on the CPU; ``training`` adds training keys."""
+    data = write_shapes_dataset(
+        root / "shapes",
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        image_size=SHAPES_IMGSZ,
+        seed=0,
+    )
+    config = {
+        "data": {"adapter": "yolo", "path": str(data), "imgsz": SHAPES_IMGSZ, "batch_size": 8},
+        "model": {"name": "yolo", "arch": "yolov8n.yaml"},
+        "training": {
+            "epochs": epochs,
+            "seed": 0,
+            "device": "cpu",
+            "run_name": "shapes",
+            "tracking": {"backend": "local"},
+            "optimizer": {"name": "adamw", "lr": 0.003},
+            "yolo": {"warmup_epochs": 0, "mosaic": 0.0},
+            **training,
+        },
+    }
+    path = root / "shapes.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
