@@ -39,6 +39,27 @@ def shapes_config(root: Path, *, epochs: int = EPOCHS, n_train: int = 16) -> Pat
     return train_helpers.shapes_config(root, epochs=epochs, n_train=n_train)
 
 
+def train_until(
+    command: list[str], runs: Path, pattern: str, what: str, stdout: int
+) -> subprocess.Popen[str]:
+    """``mlp train`` started in the background, returned once a file matching ``pattern`` is
+    under ``runs`` (``what`` names it); the test fails if it exits first or takes over 300 s."""
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(runs.glob(pattern)):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"no {what} after 300 s"
+        time.sleep(0.02)
+    return process
+
+
 def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -49,19 +70,8 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("detection")
     runs = root / "runs"
     command = [str(Path(sys.executable).with_name("mlp")), "train", str(shapes_config(root))]
-    process = subprocess.Popen(
-        [*command, "--run-dir", str(runs)],
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 300
-    while not list(runs.glob("*/weights/last.pt")):
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.05)
+    command += ["--run-dir", str(runs)]
+    process = train_until(command, runs, "*/weights/last.pt", "a checkpoint", subprocess.DEVNULL)
     process.send_signal(signal.SIGKILL)
     process.communicate()
     (run_dir,) = [p for p in runs.iterdir() if p.is_dir() and (p / "weights").is_dir()]
@@ -158,20 +168,9 @@ def test_ctrl_c_in_the_first_epoch_leaves_a_checkpoint(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     command = [str(Path(sys.executable).with_name("mlp")), "train"]
     command += [str(shapes_config(tmp_path, n_train=64)), "--run-dir", str(runs)]
-    process = subprocess.Popen(
-        command,
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     # ultralytics draws the first training batches while the first epoch runs.
-    deadline = time.monotonic() + 300
-    while not list(runs.glob("*/ultralytics/train_batch0.jpg")):
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "training did not start within 300 s"
-        time.sleep(0.02)
+    batch = "*/ultralytics/train_batch0.jpg"
+    process = train_until(command, runs, batch, "a training batch", subprocess.PIPE)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
