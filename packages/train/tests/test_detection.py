@@ -60,6 +60,18 @@ def train_until(
     return process
 
 
+def run_python(script: str) -> subprocess.CompletedProcess[str]:
+    """``python -c script`` in a subprocess with the tests' environment, output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+        check=False,
+    )
+
+
 def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -189,14 +201,7 @@ def test_without_ultralytics_mlp_train_exits_2_with_the_install_line(tmp_path: P
         "from mlp_core.cli import main\n"
         f"sys.exit(main(['train', {str(config)!r}, '--run-dir', {str(tmp_path / 'runs')!r}]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", blocked],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-        check=False,
-    )
+    done = run_python(blocked)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "pip install 'mlp-train[yolo]'" in done.stderr
     assert not (tmp_path / "runs").exists()  # nothing was started
@@ -218,14 +223,7 @@ def test_bad_labels_fail_with_file_and_line_before_ultralytics_is_imported(tmp_p
         "print('ultralytics imported:', 'ultralytics' in sys.modules)\n"
         "sys.exit(code)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-        check=False,
-    )
+    done = run_python(script)
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"{label}:{bad_line}: class id 5 out of range" in done.stderr
     assert "ultralytics imported: False" in done.stdout
