@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
+# detection_helpers builds on the train suite's helpers: both folders on the subprocess's path.
+HELPERS = os.pathsep.join(str(p) for p in (TESTS, TESTS.parent / "packages" / "train" / "tests"))
 # A thread count ultralytics never picks (it uses 1..8), so any change it makes shows.
 THREADS = 9
 
@@ -107,7 +109,7 @@ def test_train_evaluate_and_predict_offline_without_leaks(tmp_path: Path) -> Non
         for key, value in os.environ.items()
         if not key.startswith(("YOLO_", "XDG_", "MLFLOW_", "OMP_", "MLP_"))
     }
-    env |= {"HOME": str(home), "PYTHONPATH": str(TESTS)}
+    env |= {"HOME": str(home), "PYTHONPATH": HELPERS}
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(work)],
         cwd=work,
