@@ -24,7 +24,7 @@ import onnx
 import torch
 
 from mlp_serve.errors import BundleError
-from mlp_serve.export.network import MIN_OPSET, quiet_exporter
+from mlp_serve.export.network import MIN_OPSET, check_free_batch_axis, quiet_exporter
 
 INPUT = "images"
 OUTPUT = "output0"  # ultralytics' name for the raw head (its Triton client reads it)
@@ -137,10 +137,7 @@ def _check_io(proto: onnx.ModelProto) -> None:
             f"the exported detection network has inputs {inputs} and outputs {outputs}; "
             f"expected [{INPUT!r}] and [{OUTPUT!r}]"
         )
-    for value in (*proto.graph.input, *proto.graph.output):
-        first = value.type.tensor_type.shape.dim[0]
-        if first.dim_value and not first.dim_param:
-            raise BundleError(f"the exported network fixed the batch axis of {value.name!r}")
+    check_free_batch_axis(proto)
 
 
 def _fix_output_shape(proto: onnx.ModelProto, module: RawHead, example: torch.Tensor) -> None:

@@ -108,6 +108,11 @@ def _check_io(proto: onnx.ModelProto, model: BaseModel) -> None:
             f"the exported network has inputs {names} and outputs {outputs}; "
             f"expected {spec.input_names} and {spec.output_names}"
         )
+    check_free_batch_axis(proto)
+
+
+def check_free_batch_axis(proto: onnx.ModelProto) -> None:
+    """Every input and output of ``proto`` keeps its first (batch) axis free."""
     for value in (*proto.graph.input, *proto.graph.output):
         first = value.type.tensor_type.shape.dim[0]
         if first.dim_value and not first.dim_param:
