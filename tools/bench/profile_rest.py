@@ -23,13 +23,11 @@ from typing import Any
 import numpy as np
 from bench_serve import MODELS, v2_json_body, write_repository  # beside this script
 from competent_fastapi_server import create_app as competent_app
-from starlette.middleware.errors import ServerErrorMiddleware
 
 from mlp_obs.log import configure_logging
 from mlp_serve.config import ServeConfig
 from mlp_serve.dataplane import DataPlane
 from mlp_serve.rest.app import create_app
-from mlp_serve.rest.middleware import BodyLimit, RequestContext
 
 
 def scope_for(path: str, body: bytes) -> dict[str, Any]:
@@ -100,10 +98,13 @@ async def main_async(args: argparse.Namespace) -> None:
             planes.append(plane)
             apps[label] = create_app(plane, config)
         # Ours without its own middleware (request ids, body limit): what they cost.
-        inner = apps["mlp"].build_middleware_stack()
-        while isinstance(inner, ServerErrorMiddleware | RequestContext | BodyLimit):
-            inner = inner.app
-        apps["mlp without RequestContext, BodyLimit"] = inner
+        route = apps["mlp"].fast_route
+
+        async def bare_route(scope: dict, receive: Any, send: Any) -> None:
+            scope.update(route.matches(scope)[1])
+            await route.handle(scope, receive, send)
+
+        apps["mlp without RequestContext, BodyLimit"] = bare_route
         answers = {label: json.loads(await call(app, scope, body)) for label, app in apps.items()}
         data = {label: a["outputs"][0]["data"] for label, a in answers.items()}
         assert all(np.allclose(d, data["competent"], atol=1e-5) for d in data.values()), data

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
@@ -50,6 +51,42 @@ def test_json_file_carries_bound_context(tmp_path: Path) -> None:
     assert (inside["component"], inside["epoch"], inside["loss"]) == ("trainer", 3, 0.25)
     assert inside["timestamp"].endswith("Z")
     assert "run_id" not in outside
+
+
+def test_leaving_a_nested_context_restores_the_outer_values(tmp_path: Path) -> None:
+    log_file = tmp_path / "run.jsonl"
+    configure_logging("INFO", json_file=log_file, console=False)
+    log = get_logger("mlp.test")
+
+    with bind_context(request_id="outer", model="penguins"):
+        with bind_context(request_id="inner"):
+            log.info("inner")
+        log.info("outer")
+    log.info("after")
+
+    inner, outer, after = read_lines(log_file)
+    assert (inner["request_id"], inner["model"]) == ("inner", "penguins")
+    assert (outer["request_id"], outer["model"]) == ("outer", "penguins")
+    assert "request_id" not in after and "model" not in after
+
+
+def test_concurrent_tasks_each_log_their_own_context(tmp_path: Path) -> None:
+    log_file = tmp_path / "run.jsonl"
+    configure_logging("INFO", json_file=log_file, console=False)
+    log = get_logger("mlp.test")
+
+    async def request(request_id: str) -> None:
+        with bind_context(request_id=request_id):
+            await asyncio.sleep(0)  # the other task binds its id meanwhile
+            log.info("answered", expected=request_id)
+
+    async def both() -> None:
+        await asyncio.gather(request("a"), request("b"))
+
+    asyncio.run(both())
+    lines = read_lines(log_file)
+    assert sorted(line["request_id"] for line in lines) == ["a", "b"]
+    assert all(line["request_id"] == line["expected"] for line in lines)
 
 
 def test_standard_library_loggers_reach_the_json_file(tmp_path: Path) -> None:

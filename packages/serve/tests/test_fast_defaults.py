@@ -4,6 +4,7 @@ the plain-ASGI inference route answers as FastAPI's did, and orjson keeps json's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -22,7 +24,9 @@ from grpc_helpers import linear_infer
 from serve_helpers import STARTUP, B, W, cpu_config, linear_model, slow_model, write_bundle
 
 from mlp_serve.config import BatchingConfig
+from mlp_serve.dataplane import DataPlane
 from mlp_serve.inline import INLINE_MAX_REQUEST_SECONDS, runs_inline
+from mlp_serve.rest.app import create_app
 from mlp_serve.rest.codec import decode_request, dump_json
 from mlp_serve.runtime import load_runtime
 from mlp_serve.server import BackgroundServer
@@ -170,6 +174,58 @@ def test_the_inference_route_answers_as_the_protocol_says(repo: Path) -> None:
         # FastAPI's route stays in the OpenAPI document.
         paths = client.get("/openapi.json").json()["paths"]
         assert "post" in paths["/v2/models/{model}/infer"]
+
+
+class Stamp:
+    """A user's own middleware: stamps every response, and fails a request that asks it to."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if (b"x-explode", b"1") in scope.get("headers", []):
+            raise RuntimeError("the middleware broke")
+
+        async def stamped(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-stamp", b"yes")]
+            await send(message)
+
+        await self.app(scope, receive, stamped)
+
+
+def test_middleware_added_to_the_app_wraps_the_inference_route_too(repo: Path) -> None:
+    # The inference route is answered ahead of FastAPI's own layers, but inside the app's
+    # middleware, in the same order, and inside the same last-resort 500 answer.
+    write_bundle(repo, "linear", 1, linear_model())
+
+    async def scenario() -> list[httpx.Response]:
+        config = cpu_config()
+        plane = DataPlane(repo, config)
+        await plane.start()
+        try:
+            app = create_app(plane, config)
+            app.add_middleware(Stamp)
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                body = infer_body(ROWS)
+                return [
+                    await client.post("/v2/models/linear/infer", json=body),
+                    await client.get("/v2/health/live"),
+                    await client.post(
+                        "/v2/models/linear/infer", json=body, headers={"x-explode": "1"}
+                    ),
+                ]
+        finally:
+            await plane.stop(1)
+
+    answered, health, exploded = asyncio.run(scenario())
+    assert answered.status_code == 200
+    assert answered.json()["outputs"][0]["data"] == pytest.approx((ROWS @ W + B).ravel().tolist())
+    assert answered.headers["x-stamp"] == "yes" and answered.headers["x-request-id"]
+    assert health.headers["x-stamp"] == "yes"  # FastAPI's routes, as before
+    assert exploded.status_code == 500
+    assert exploded.json() == {"error": "internal error: RuntimeError"}
 
 
 def test_nan_in_and_out_as_the_standard_library_writes_it(repo: Path) -> None:

@@ -17,16 +17,16 @@ errors still reach the user (:data:`LIBRARY_LEVELS` sets the threshold per libra
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars, reset_contextvars
 from structlog.types import EventDict, Processor
 
 from mlp_core.errors import ConfigError
@@ -180,15 +180,30 @@ def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.Boun
     return structlog.stdlib.get_logger(name, **initial)
 
 
-@contextlib.contextmanager
-def bind_context(**values: Any) -> Iterator[None]:
+class bind_context:  # lower case: used like a function, `with bind_context(request_id=...)`
     """Add ``values`` (run_id, request_id, model, ...) to every event logged inside the block.
 
     The values live in context variables, so concurrent requests in asyncio tasks or threads
-    each see their own.
+    each see their own. Leaving the block puts back what these keys held before; other keys
+    are untouched.
+
+    A class rather than structlog's ``bound_contextvars``: that one copies the whole context to
+    find what to restore, and two generator layers cost about a tenth of a small model's REST
+    request (``mlp serve`` binds the request id per request). Resetting the context variables'
+    tokens restores the same values for the price of a dict.
     """
-    with bound_contextvars(**values):
-        yield
+
+    __slots__ = ("_tokens", "_values")
+
+    def __init__(self, **values: Any) -> None:
+        self._values = values
+        self._tokens: Mapping[str, contextvars.Token[Any]] = {}
+
+    def __enter__(self) -> None:
+        self._tokens = bind_contextvars(**self._values)
+
+    def __exit__(self, *exc_info: object) -> None:
+        reset_contextvars(**self._tokens)
 
 
 def _shared_processors() -> list[Processor]:

@@ -28,7 +28,7 @@ from mlp_serve.errors import InferenceError, ModelNotFound, QueueFull, RateLimit
 from mlp_serve.ratelimit import add_rest_rate_limit
 from mlp_serve.rest.codec import HEADER_LENGTH, decode_request, encode_response, parse_json
 from mlp_serve.rest.convenience import convenience_router
-from mlp_serve.rest.fast_infer import FastInferRoute
+from mlp_serve.rest.fast_infer import FastInferRoute, ServeApp
 from mlp_serve.rest.middleware import BodyLimit, RequestContext
 from mlp_serve.types import ModelMetadata
 
@@ -43,7 +43,7 @@ def create_app(
 ) -> FastAPI:
     """The ASGI app serving ``dataplane``; ``registry`` is what /metrics shows (default: the
     data plane's)."""
-    app = FastAPI(
+    app = ServeApp(
         title="mlp serve",
         version=__version__,
         description="ONNX models on onnxruntime, over the Open Inference Protocol "
@@ -56,9 +56,9 @@ def create_app(
     app.include_router(_model_router(dataplane, config))
     app.include_router(_repository_router(dataplane, config))
     app.include_router(convenience_router(dataplane, inference_auth(config)))
-    # Inference first, in plain ASGI (FastAPI's infer route below stays for the OpenAPI doc).
+    # Inference first, in plain ASGI (FastAPI's infer route stays for the OpenAPI doc).
     check = bearer_checker(config, INFERENCE, "this endpoint")
-    app.router.routes.insert(0, FastInferRoute(dataplane, check, error_response, PROTOCOL))
+    app.fast_route = FastInferRoute(dataplane, check, error_response, PROTOCOL)
 
     metrics_registry = registry if registry is not None else dataplane.registry
 

@@ -1,15 +1,18 @@
 """``POST /v2/models/{model}[/versions/{version}]/infer`` answered in plain ASGI, ahead of FastAPI.
 
-FastAPI's per-request machinery (matching every route in turn, solving the auth dependency and
-the path parameters, building a Request and a Response) cost about a third of a small model's
-REST request in-process (tools/bench/profile_rest.py). The inference route is the one a server
-answers thousands of times a second, so it is matched first, by one regular expression, and
-answered directly: the same auth check, the same codec and data plane, the same error answers
-(:func:`mlp_serve.rest.app.error_response`) as FastAPI's route, which stays registered for the
-OpenAPI document (``/docs``) but is no longer reached.
+FastAPI's per-request machinery cost about a third of a small model's REST request in-process
+(tools/bench/profile_rest.py): its own layers (the OpenTelemetry check, the exception
+middlewares, the exit stack), then matching every route in turn, solving the auth dependency
+and the path parameters, building a Request and a Response. The inference route is the one a
+server answers thousands of times a second, so :class:`ServeApp` matches it first, by one
+regular expression, and answers it directly: the same auth check, the same codec and data plane,
+the same error answers (:func:`mlp_serve.rest.app.error_response`) as FastAPI's route, which
+stays registered for the OpenAPI document (``/docs``) but is no longer reached.
 
-The route sits in the router, inside every middleware (request ids, the body limit, CORS, rate
-limits), so whatever wraps the app wraps it too.
+Every middleware added to the app (request ids, the body limit, CORS, rate limits) wraps this
+route too, in the same order, inside the same last-resort 500 handler: only FastAPI's own
+per-request layers are left out. FastAPI's native OpenTelemetry instrumentation therefore does
+not see inference requests; ``/metrics`` and the structured logs do.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-# Starlette's routing, which FastAPI's router runs on (declared beside fastapi).
+from fastapi import FastAPI
+
+# Starlette, which FastAPI runs on (declared beside fastapi).
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.routing import BaseRoute, Match, NoMatchFound
+from starlette.types import ASGIApp
 
 from mlp_serve.dataplane import DataPlane
 from mlp_serve.rest.codec import HEADER_LENGTH, decode_request, encode_response
@@ -83,6 +90,38 @@ class FastInferRoute(BaseRoute):
     # BaseRoute's abstract API for url_for(): this route has no name to build URLs from.
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:
         raise NoMatchFound(name, path_params)
+
+
+class ServeApp(FastAPI):
+    """FastAPI, with the inference route (``fast_route``, once set) answered before FastAPI's
+    own per-request layers, inside the app's middleware (see the module docstring)."""
+
+    fast_route: FastInferRoute | None = None
+    _fast_stack: ASGIApp | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        route = self.fast_route
+        if route is not None and scope["type"] == "http":
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope.update(child_scope)
+                scope["app"] = self
+                if self._fast_stack is None:
+                    self._fast_stack = self._build_fast_stack(route)
+                await self._fast_stack(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    def _build_fast_stack(self, route: FastInferRoute) -> ASGIApp:
+        """The route inside every middleware added to the app, as Starlette stacks them, and
+        the last-resort 500 handler around them all. Built on the first request, as Starlette
+        builds its own stack: every middleware is added by then."""
+        handlers = self.exception_handlers
+        last_resort = handlers.get(500, handlers.get(Exception))
+        app: ASGIApp = route.handle
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return ServerErrorMiddleware(app, handler=last_resort, debug=self.debug)
 
 
 async def read_body(receive: Callable[[], Awaitable[Any]]) -> bytes:
