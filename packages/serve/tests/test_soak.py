@@ -3,9 +3,12 @@ a new model version is published, the model is reloaded and another unloaded and
 
 It asserts that no good request failed (none lost while versions changed), that the server's
 resident memory stopped growing after the warm-up (the second half's increase stays under a
-bound), and that its open file descriptors and threads came back to their counts before the
-load once the clients left (grpc core's own event-engine pool, which grows under load and
-shrinks on grpc's schedule, within GRPC_POOL_SLACK threads). The CI run is short; ``MLP_SOAK_SECONDS=600`` runs it for ten
+bound), and that its open file descriptors came back to their count before the load once the
+clients left, and its threads nearly so. Thread pools that grow on demand may keep a thread or
+two more: grpc core's event-engine pool (it shrinks on grpc's schedule), and the bounded Python
+pools (grpc's call threads, onnxruntime's runs, asyncio's executor), which start a thread when a
+call finds none idle at that instant, however long the warm-up ran. A leak grows with the run's
+length instead; the ten-minute run reports the counts. The CI run is short; ``MLP_SOAK_SECONDS=600`` runs it for ten
 minutes, and ``-s`` prints the figures (requests, failures, RSS start/end/peak, fds, threads).
 """
 
@@ -42,6 +45,7 @@ GROWTH_BOUND_MIB = 8.0
 WEIGHTS = {"1": W, "2": 2 * W}
 GRPC_POOL = "event_engine"  # the name (comm) of grpc core's worker threads
 GRPC_POOL_SLACK = 2  # linear/1 and the version published mid-way
+POOL_SLACK = 2  # threads the bounded Python pools may add after the warm-up (module docstring)
 
 
 @dataclass
@@ -361,7 +365,7 @@ def test_soak(server):
             time.sleep(0.25)
     finally:
         load.stop()
-    after = settled(server_process, before.fds, own_before)
+    after = settled(server_process, before.fds, own_before + POOL_SLACK)
     names_after = thread_names(process.pid)
     second_half = [s for s in samples if s.seconds >= SECONDS / 2]
     increase, slope = growth_mib(second_half)
@@ -393,7 +397,7 @@ def test_soak(server):
     assert not steps, f"events not reached: {steps}"
     assert increase < GROWTH_BOUND_MIB, figures
     assert after.fds <= before.fds, figures
-    assert own_threads(process.pid) <= own_before, (names_before, names_after)
+    assert own_threads(process.pid) <= own_before + POOL_SLACK, (names_before, names_after)
     assert names_after[GRPC_POOL] <= names_before[GRPC_POOL] + GRPC_POOL_SLACK, names_after
 
     process.send_signal(signal.SIGTERM)
