@@ -150,6 +150,88 @@ def test_a_lone_request_waits_out_the_delay_then_runs(executor):
     assert recorder.batches == [1]
 
 
+class FirstRunWaits(Recorder):
+    """A Recorder whose first run waits for ``release``: callers queue behind it meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.first_running = threading.Event()
+
+    def run(self, feeds, outputs):
+        if not self.first_running.is_set():
+            self.first_running.set()
+            assert self.release.wait(10)
+        return super().run(feeds, outputs)
+
+
+def batch_behind_a_first_run(runner: DynamicBatcher, recorder: FirstRunWaits, count: int) -> None:
+    """One request runs (held) while ``count`` queue behind it: batches [1, count]."""
+    with ThreadPoolExecutor(count + 1) as callers:
+        first = callers.submit(runner.run_in_thread, rows(0), ["y"])
+        assert recorder.first_running.wait(10)
+        queued = [callers.submit(runner.run_in_thread, rows(i), ["y"]) for i in range(count)]
+        while runner.queued < count:
+            time.sleep(0.001)
+        recorder.release.set()
+        for future in [first, *queued]:
+            future.result(10)
+    assert recorder.batches == [1, count]
+
+
+def company_batcher(recorder: Recorder, executor, company_wait: float) -> DynamicBatcher:
+    return DynamicBatcher(
+        recorder.run, executor, BatchingConfig(), recorder.observe, company_wait=company_wait
+    )
+
+
+def test_under_load_a_leader_waits_for_as_many_requests_as_the_last_batch_held(executor):
+    # No queue delay configured. The last batch held three requests, so the next leader waits
+    # (at most company_wait) until three are queued: callers arriving 50 ms apart, which would
+    # each have run alone, share one run.
+    recorder = FirstRunWaits()
+    runner = company_batcher(recorder, executor, company_wait=5.0)
+    batch_behind_a_first_run(runner, recorder, 3)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(3) as callers:
+        futures = []
+        for i in range(3):
+            futures.append(callers.submit(runner.run_in_thread, rows(10 + i), ["y"]))
+            time.sleep(0.05)
+        results = [f.result(10) for f in futures]
+    assert recorder.batches == [1, 3, 3]
+    assert time.perf_counter() - started < 4.0  # woken by the third arrival, not the cap
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result["y"], rows(2 * (10 + i))["x"])
+
+
+def test_a_lone_caller_never_waits_for_company_and_a_drop_in_load_costs_one_wait(executor):
+    recorder = FirstRunWaits()
+    runner = company_batcher(recorder, executor, company_wait=0.3)
+    batch_behind_a_first_run(runner, recorder, 2)
+    took = []
+    for i in range(3):  # one caller now, one request at a time
+        started = time.perf_counter()
+        np.testing.assert_array_equal(runner.run_in_thread(rows(i), ["y"])["y"], rows(2 * i)["x"])
+        took.append(time.perf_counter() - started)
+    assert recorder.batches == [1, 2, 1, 1, 1]
+    assert took[0] >= 0.3  # the first waited for a second request, in vain
+    assert max(took[1:]) < 0.3  # then a batch of one: nobody waits
+
+
+def test_without_company_wait_requests_apart_run_alone(executor):
+    recorder = FirstRunWaits()
+    runner = company_batcher(recorder, executor, company_wait=0.0)
+    batch_behind_a_first_run(runner, recorder, 3)
+    with ThreadPoolExecutor(3) as callers:
+        futures = []
+        for i in range(3):
+            futures.append(callers.submit(runner.run_in_thread, rows(i), ["y"]))
+            time.sleep(0.05)
+        [f.result(10) for f in futures]
+    assert recorder.batches == [1, 3, 1, 1, 1]
+
+
 def test_a_full_queue_refuses_at_once(executor):
     recorder = Recorder(seconds=0.05)
     runner = batcher(recorder, executor, max_batch_size=1, max_queue_size=1)

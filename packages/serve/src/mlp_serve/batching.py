@@ -6,8 +6,10 @@ stacked with (same input datatypes and non-batch axes) up to ``max_batch_size`` 
 most ``max_queue_delay_ms`` (counted from the oldest request's arrival) for more, runs them as one
 batch and hands each request its own rows back, in order. One batch per model runs at a time, so
 requests that arrive while it runs form the next one. With a delay of 0 (the default, as in
-Triton) nobody waits: a lone request runs at once, and under load each batch is what queued while
-the previous one ran. The queue is bounded: a request that finds it full is refused at once
+Triton) a lone request runs at once, and under load each batch is what queued while the previous
+one ran; for a model slower than a thread hop (``company_wait``, set by the data plane) a leader
+under load also waits, briefly, for as many requests as the previous batch held
+(:meth:`DynamicBatcher._take_batch`). The queue is bounded: a request that finds it full is refused at once
 (:class:`QueueFull`, HTTP 503) rather than waiting without bound.
 
 Who leads (flat combining, no dedicated thread): a caller in a thread of its own (the gRPC front
@@ -57,6 +59,11 @@ ObserveFn = Callable[[int, float, list[float]], None]
 # grpc's ServicerContext.add_callback: calls the function when the call ends (the client
 # cancelled, the deadline passed); False if it has ended already.
 OnEndFn = Callable[[Callable[[], None]], bool]
+
+
+# How long, at most, a leader waits for company under load when no queue delay is configured
+# (DynamicBatcher._take_batch): the delay the README suggested setting by hand for throughput.
+COMPANY_WAIT_SECONDS = 0.001
 
 
 class RunFailed(InferenceError):
@@ -175,18 +182,31 @@ class DynamicBatcher:
     """
 
     def __init__(
-        self, run: RunFn, executor: Executor, config: BatchingConfig, observe: ObserveFn
+        self,
+        run: RunFn,
+        executor: Executor,
+        config: BatchingConfig,
+        observe: ObserveFn,
+        *,
+        company_wait: float = 0.0,
     ) -> None:
+        """``company_wait``: with no queue delay configured, the most seconds a leader waits for
+        as many requests as the previous batch held, when that was more than one (see
+        :meth:`_take_batch`); 0 never waits."""
         self._run = run
         self._executor = executor
         self._config = config
         self._observe = observe
+        self._company_wait = company_wait
         self._lock = threading.Lock()
         # Notified when enough rows queued to fill the batch the leader waits on (rows it holds
-        # in ``_waiting_rows``): waking it for every arrival would cost a thread switch each.
+        # in ``_waiting_rows``), or enough requests to match the previous batch
+        # (``_waiting_requests``): waking it for every arrival would cost a thread switch each.
         self._arrival = threading.Condition(self._lock)
         self._leader_waiting = False
         self._waiting_rows = 0
+        self._waiting_requests = 0  # 0: the leader waits for rows only
+        self._last_batch_requests = 1
         self._queued_rows = 0
         self._queued_bytes = 0
         # Requests taken out of the queue before they ran (caller gone, deadline passed).
@@ -347,9 +367,9 @@ class DynamicBatcher:
             self._queued_rows += pending.rows
             self._queued_bytes += pending.nbytes
             pending.queued = True
-            if (
-                self._leader_waiting
-                and self._waiting_rows + self._queued_rows >= self._config.max_batch_size
+            if self._leader_waiting and (
+                self._waiting_rows + self._queued_rows >= self._config.max_batch_size
+                or 0 < self._waiting_requests <= len(self._queue)
             ):
                 self._arrival.notify()
             if self._leading:
@@ -401,7 +421,17 @@ class DynamicBatcher:
         return False
 
     def _take_batch(self) -> list[_Pending]:
-        """The oldest queued request and those that stack with it, after the queue delay."""
+        """The oldest queued request and those that stack with it, after the queue delay.
+
+        With no delay configured, a leader still waits for company when the load says it is on
+        its way: the previous batch held several requests, so about as many callers are sending
+        their next ones. It waits until as many are queued, or ``company_wait`` after the oldest
+        arrived. A lone caller's batches hold one request, so it never waits; when the load drops,
+        one batch waits in vain and the next ones no longer do. Arrivals cannot be seen before
+        they queue (grpc's threads and the loop's reads hold them), so the previous batch is
+        the signal: with it, concurrent gRPC calls to a model of a few hundred microseconds
+        merge into batches instead of running one by one.
+        """
         with self._lock:
             while self._queue and self._queue[0].abandoned:
                 self._abandoned_locked(self._queue.popleft())
@@ -412,18 +442,25 @@ class DynamicBatcher:
             batch = [first]
             rows = self._take_matching(batch, first.rows)
             delay = self._config.max_queue_delay_ms / 1000.0
+            wanted = 0  # requests the batch waits for (0: rows only, up to the delay)
+            if delay <= 0 and self._company_wait > 0 and self._last_batch_requests > len(batch):
+                delay, wanted = self._company_wait, self._last_batch_requests
             if delay > 0:
                 deadline = first.enqueued + delay
                 while rows < self._config.max_batch_size and not self._closing:
+                    if wanted and len(batch) >= wanted:
+                        break
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break
                     self._leader_waiting, self._waiting_rows = True, rows
+                    self._waiting_requests = wanted - len(batch) if wanted else 0
                     try:
                         self._arrival.wait(remaining)
                     finally:
-                        self._leader_waiting = False
+                        self._leader_waiting, self._waiting_requests = False, 0
                     rows = self._take_matching(batch, rows)
+            self._last_batch_requests = len(batch)
             return batch
 
     def _take_matching(self, batch: list[_Pending], rows: int) -> int:

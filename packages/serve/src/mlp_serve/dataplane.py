@@ -33,7 +33,7 @@ from mlp_obs.log import get_logger
 # mlp-obs owns the Prometheus dependency; its module re-exports the registry class.
 from mlp_obs.metrics import CollectorRegistry, InferenceMetrics, RequestTracking
 from mlp_serve import __version__
-from mlp_serve.batching import DirectRunner, DynamicBatcher, OnEndFn
+from mlp_serve.batching import COMPANY_WAIT_SECONDS, DirectRunner, DynamicBatcher, OnEndFn
 from mlp_serve.config import ServeConfig
 from mlp_serve.deadlines import within
 from mlp_serve.errors import (
@@ -45,7 +45,7 @@ from mlp_serve.errors import (
     ModelUnavailable,
     QueueFull,
 )
-from mlp_serve.inline import runs_inline
+from mlp_serve.inline import INLINE_MAX_SECONDS, runs_inline
 from mlp_serve.ratelimit import rate_limiter_for
 from mlp_serve.repository import ModelRepository, ModelVersion
 from mlp_serve.runtime import ModelRuntime
@@ -414,7 +414,16 @@ class DataPlane:
             )
 
         if self.config.batching.enabled and max_batch_size > 0:
-            return DynamicBatcher(runtime.run, self._executor, self.config.batching, observe)
+            # A quick model's calls run alone (mlp_serve.inline); a slower one's wait for company
+            # under load, since merging saves more than the wait costs.
+            quick = runtime.run_seconds is not None and runtime.run_seconds < INLINE_MAX_SECONDS
+            return DynamicBatcher(
+                runtime.run,
+                self._executor,
+                self.config.batching,
+                observe,
+                company_wait=0.0 if quick else COMPANY_WAIT_SECONDS,
+            )
         return DirectRunner(runtime.run, self._executor, observe)
 
     async def _poll(self) -> None:
