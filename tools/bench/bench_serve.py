@@ -1,6 +1,7 @@
 """Requests/s and p50/p99 latency of `mlp serve` (its defaults, and tuned by hand) against
-in-process onnxruntime, a competent FastAPI server, a naive one and KServe's Python model server,
-over REST and gRPC, at concurrency 1 and 16.
+in-process onnxruntime, a competent FastAPI server, a naive one, a competent grpcio server (and
+the same answering nothing: grpc's floor) and KServe's Python model server, over REST and gRPC,
+at concurrency 1 and 16.
 
 Two seeded MLPs built here with onnx.helper (about 10k and 1M parameters, FP32 [-1, F] -> [-1, C])
 are written as a bare model repository and served by every server at once, each server a
@@ -13,7 +14,7 @@ keep-alive connection per concurrent client, gRPC over one shared HTTP/2 connect
 bodies are encoded once. Cells run in rounds, in a rotated order each round, and each number
 printed is the median over the rounds.
 
-    .venv/bin/python tools/bench/bench_serve.py            # about 4 minutes on 2 cores
+    .venv/bin/python tools/bench/bench_serve.py            # about 5 minutes on 2 cores
     .venv/bin/python tools/bench/bench_serve.py --quick    # about a minute
     .venv/bin/python tools/bench/bench_serve.py --servers mlp mlp-tuned mlp-delay mlp-nobatch
     .venv/bin/python tools/bench/bench_serve.py --provider CUDAExecutionProvider
@@ -149,8 +150,8 @@ class Server:
 
     label: str
     command: list[str]
-    ready_path: str
-    http_port: int
+    ready_path: str | None  # None: a gRPC-only server, ready when its port answers a call
+    http_port: int | None
     grpc_port: int | None
     log: Path
     process: subprocess.Popen | None = None
@@ -171,12 +172,17 @@ class Server:
             assert self.process is not None
             if self.process.poll() is not None:
                 break
-            try:
-                status, _ = http_get(self.http_port, self.ready_path)
-                if status == 200:
+            if self.ready_path is None:
+                if self.grpc_port is not None and grpc_ready(self.grpc_port):
                     return
-            except OSError:
-                pass
+            else:
+                try:
+                    assert self.http_port is not None
+                    status, _ = http_get(self.http_port, self.ready_path)
+                    if status == 200:
+                        return
+                except OSError:
+                    pass
             time.sleep(0.2)
         tail = self.log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{self.label} did not become ready; its log ends:\n{tail}")
@@ -258,6 +264,31 @@ def competent_server(repo: Path, provider: str, logs: Path) -> Server:
         None,
         logs / "competent.log",
     )
+
+
+# gRPC-only baselines (competent_grpc_server.py): grpcio + onnxruntime written as a capable user
+# would, and the same server answering nothing, grpc's own floor.
+GRPC_BASELINES = ("competent-grpc", "grpc-floor")
+
+
+def competent_grpc_server(repo: Path, provider: str, label: str, logs: Path) -> Server:
+    port = free_port()
+    script = HERE / "competent_grpc_server.py"
+    command = [str(SERVE_PYTHON), str(script), str(repo), "--port", str(port)]
+    command += ["--provider", provider, "--threads", "1"]
+    if label == "grpc-floor":
+        command.append("--do-nothing")
+    return Server(label, command, None, None, port, logs / f"{label}.log")
+
+
+def grpc_ready(port: int) -> bool:
+    """Whether a server on ``port`` answers a gRPC call (any status but UNAVAILABLE)."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=2)
+        except grpc.RpcError as exc:
+            return exc.code() != grpc.StatusCode.UNAVAILABLE
+    return True
 
 
 def kserve_server(venv: Path, repo: Path, provider: str, logs: Path) -> Server:
@@ -467,7 +498,7 @@ class Target:
     """One thing to load: a model behind a server and protocol (or in-process)."""
 
     model: str
-    server: str  # inproc, one of MLP_VARIANTS, competent, fastapi, kserve
+    server: str  # inproc, one of MLP_VARIANTS, competent, GRPC_BASELINES, fastapi, kserve
     protocol: str  # -, rest, grpc
     connect: Callable[[], Call]
     h2load: h2load_client.Request | None = None  # the same request, for h2load (servers only)
@@ -519,6 +550,18 @@ def make_targets(
         for label, server in servers.items():
             assert server.process is not None
             pid = server.process.pid
+            if label in GRPC_BASELINES:
+                assert server.grpc_port is not None
+                connect, close = grpc_caller(server.grpc_port, g_body)
+                closers.append(close)
+                # The floor answers an empty response: its calls are counted, not checked.
+                check = (lambda _: None) if label == "grpc-floor" else matches(decode_grpc, label)
+                answer = verify_grpc(server.grpc_port, g_body, check)
+                url = f"http://127.0.0.1:{server.grpc_port}{MODEL_INFER}"
+                h2 = h2load_client.grpc_request(url, g_body, answer)
+                targets.append(Target(spec.name, label, "grpc", connect, h2, pid=pid))
+                continue
+            assert server.http_port is not None
             if label == "fastapi":
                 body = json.dumps({"inputs": row.tolist()}).encode()
                 path = f"/models/{spec.name}/predict"
@@ -722,13 +765,20 @@ def print_goals(table: dict, specs: tuple[ModelSpec, ...], levels: list[int]) ->
             if c == max(levels):
                 lines.append(ratio_line(table, (m, "mlp", "rest", c), competent, ">= 1.0x", 1.0))
                 lines.append(ratio_line(table, (m, "mlp", "grpc", c), competent, ">= 1.5x", 1.5))
+                # Context for that goal: what grpcio allows at all, doing nothing.
+                floor = (m, "grpc-floor", "grpc", c)
+                lines.append(ratio_line(table, floor, competent, ">= 1.5x", 1.5))
+            # The same protocol's competent baseline (DEVELOPERS.md: compare against the
+            # strongest version a capable user would write).
+            same = (m, "competent-grpc", "grpc", c)
+            lines.append(ratio_line(table, (m, "mlp", "grpc", c), same, ">= 1.0x", 1.0))
             for line in lines:
                 if line is not None:
                     print(line)
     low = min(levels)
     print()
     print(f"Added p50 latency over in-process onnxruntime (concurrency {low})")
-    servers = (*MLP_VARIANTS, "competent", "fastapi", "kserve")
+    servers = (*MLP_VARIANTS, "competent", *GRPC_BASELINES, "fastapi", "kserve")
     for spec in specs:
         base = table.get((spec.name, "inproc", "-", low))
         if base is None:
@@ -768,10 +818,11 @@ def main() -> None:
     parser.add_argument(
         "--servers",
         nargs="+",
-        choices=[*MLP_VARIANTS, "competent", "fastapi", "kserve"],
-        default=["mlp", "mlp-tuned", "competent", "kserve"],
+        choices=[*MLP_VARIANTS, "competent", *GRPC_BASELINES, "fastapi", "kserve"],
+        default=["mlp", "mlp-tuned", "competent", *GRPC_BASELINES, "kserve"],
         help="servers to compare (mlp: the defaults; mlp-tuned/-delay/-nobatch: tuned by hand; "
-        "competent/fastapi: FastAPI written well/naively; kserve)",
+        "competent/fastapi: FastAPI written well/naively; competent-grpc: grpcio written well; "
+        "grpc-floor: grpcio answering nothing; kserve)",
     )
     parser.add_argument(
         "--queue-delay-ms",
@@ -845,6 +896,9 @@ def main() -> None:
         }
         if "competent" in args.servers:
             servers["competent"] = competent_server(repo, args.provider, logs)
+        for label in GRPC_BASELINES:
+            if label in args.servers:
+                servers[label] = competent_grpc_server(repo, args.provider, label, logs)
         if "fastapi" in args.servers:
             servers["fastapi"] = plain_server(repo, args.provider, logs)
         if kserve_problem is None:
