@@ -23,7 +23,11 @@ def random_head(seed: int, batch: int, classes: int, anchors: int) -> np.ndarray
     head = np.empty((batch, 4 + classes, anchors), dtype=np.float32)
     head[:, :2] = rng.uniform(0, 64, (batch, 2, anchors))  # centres
     head[:, 2:4] = rng.uniform(2, 30, (batch, 2, anchors))  # sizes: many overlaps
-    head[:, 4:] = rng.uniform(0, 1, (batch, classes, anchors)) ** 3
+    # Distinct scores: equal ones have no defined order, in NMS or in its reference (uniform
+    # draws cast to float32 tied about once in 25 runs of this test, and picked different
+    # boxes at the max_detections cut).
+    distinct = rng.choice(2**20, size=batch * classes * anchors, replace=False) / 2**20
+    head[:, 4:] = distinct.reshape(batch, classes, anchors) ** 3
     return head
 
 
@@ -34,7 +38,7 @@ def assert_same(got: list[np.ndarray], want: list[np.ndarray]) -> None:
         np.testing.assert_allclose(mine, theirs, atol=1e-4)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)  # the same examples in every run
 @given(
     seed=st.integers(0, 2**31),
     batch=st.integers(1, 3),
