@@ -208,7 +208,9 @@ def binary_case(draw):
     if mutation == "header length off":
         length = str(len(header) + draw(st.integers(-len(header), len(binary) + 8).filter(bool)))
     elif mutation == "header length junk":
-        length = draw(st.sampled_from(["", "abc", "-5", "1e3", "0x10", str(2**64), " ", "12.5"]))
+        # Junk an HTTP client can send: a value with leading or trailing blanks (" ") is refused by
+        # httpx before it leaves, so it would test the client, not the server.
+        length = draw(st.sampled_from(["", "abc", "-5", "1e3", "0x10", str(2**64), "1 2", "12.5"]))
     elif mutation == "no header length":
         length = None
     elif mutation == "truncated body":
