@@ -101,7 +101,7 @@ async def main_async(args: argparse.Namespace) -> None:
         route = apps["mlp"].fast_route
 
         async def bare_route(scope: dict, receive: Any, send: Any) -> None:
-            scope.update(route.matches(scope)[1])
+            scope["path_params"] = route.path_params(scope)
             await route.handle(scope, receive, send)
 
         apps["mlp without RequestContext, BodyLimit"] = bare_route

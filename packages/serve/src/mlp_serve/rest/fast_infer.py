@@ -25,7 +25,6 @@ from fastapi import FastAPI
 
 # Starlette, which FastAPI runs on (declared beside fastapi).
 from starlette.middleware.errors import ServerErrorMiddleware
-from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import ASGIApp
 
 from mlp_serve.dataplane import DataPlane
@@ -44,7 +43,7 @@ class ClientGone(Exception):
     """The client disconnected before its body was read: nobody is left to answer."""
 
 
-class FastInferRoute(BaseRoute):
+class FastInferRoute:
     """The inference route, matched by one regular expression and answered in plain ASGI."""
 
     def __init__(
@@ -55,13 +54,13 @@ class FastInferRoute(BaseRoute):
         self.answer_error = answer_error
         self.protocol = protocol
 
-    def matches(self, scope: Any) -> tuple[Match, Any]:
+    @staticmethod
+    def path_params(scope: Any) -> dict[str, str | None] | None:
+        """The model and version of an inference request's ``scope``; None for any other."""
         if scope["type"] != "http" or scope.get("method") != "POST":
-            return Match.NONE, {}
+            return None
         found = _INFER_PATH.match(scope["path"])
-        if found is None:
-            return Match.NONE, {}
-        return Match.FULL, {"path_params": {"model": found[1], "version": found[2]}}
+        return None if found is None else {"model": found[1], "version": found[2]}
 
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
         params = scope["path_params"]
@@ -87,10 +86,6 @@ class FastInferRoute(BaseRoute):
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         await send({"type": "http.response.body", "body": content})
 
-    # BaseRoute's abstract API for url_for(): this route has no name to build URLs from.
-    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
-        raise NoMatchFound(name, path_params)
-
 
 class ServeApp(FastAPI):
     """FastAPI, with the inference route (``fast_route``, once set) answered before FastAPI's
@@ -101,11 +96,10 @@ class ServeApp(FastAPI):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         route = self.fast_route
-        if route is not None and scope["type"] == "http":
-            match, child_scope = route.matches(scope)
-            if match is Match.FULL:
-                scope.update(child_scope)
-                scope["app"] = self
+        if route is not None:
+            params = route.path_params(scope)
+            if params is not None:
+                scope["path_params"], scope["app"] = params, self
                 if self._fast_stack is None:
                     self._fast_stack = self._build_fast_stack(route)
                 await self._fast_stack(scope, receive, send)
