@@ -41,7 +41,7 @@ def test_an_image_of_the_model_size_is_left_as_it_is():
 
 def test_boxes_go_back_to_the_pixels_of_the_image_that_was_sent():
     box = spec((64, 64)).letterbox(100, 200)  # ratio 0.32: 32 x 64, 16 rows of padding above
-    assert (box.ratio, box.top, box.left) == (0.32, 16, 0)
+    assert (box.height, box.width, box.top, box.left) == (32, 64, 16, 0)
     inside = np.array([[0.0, 16.0, 32.0, 32.0], [-5.0, 0.0, 70.0, 64.0]])
     back = box.to_original(inside)
     assert np.allclose(back[0], [0.0, 0.0, 100.0, 50.0])

@@ -130,7 +130,6 @@ class ImageEvalSpec(Contract):
         ratio = min(out_h / height, out_w / width)
         new_h, new_w = max(round(height * ratio), 1), max(round(width * ratio), 1)
         return Letterbox(
-            ratio=ratio,
             top=round((out_h - new_h) / 2 - 0.1),
             left=round((out_w - new_w) / 2 - 0.1),
             height=new_h,
@@ -169,10 +168,9 @@ class ImageEvalSpec(Contract):
 
 @dataclass(frozen=True)
 class Letterbox:
-    """One image's place in a letterboxed model input: scaled by ``ratio`` to ``height`` x
-    ``width``, its top-left corner at (``top``, ``left``); ``source`` is its own size."""
+    """One image's place in a letterboxed model input: scaled to ``height`` x ``width``, its
+    top-left corner at (``top``, ``left``); ``source`` is its own size (height, width)."""
 
-    ratio: float
     top: int
     left: int
     height: int
