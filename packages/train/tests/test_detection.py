@@ -251,3 +251,14 @@ def test_ultralytics_arguments_come_from_mlp_keys_and_the_yolo_passthrough(tmp_p
         ultralytics_arguments(
             TrainConfig.model_validate(raw), model="m", data_yaml=tmp_path, save_dir=tmp_path
         )
+
+
+def test_the_best_epoch_is_the_one_ultralytics_kept_as_best_pt():
+    # ultralytics writes best.pt whenever an epoch's fitness (val mAP50-95) equals the best so
+    # far: a tie goes to the later epoch; an epoch without validation is never the best.
+    from mlp_train.detection.run import _best_epoch
+
+    rows = [{"val.mAP50-95": 0.0}, {"val.mAP50-95": 0.2}, {}, {"val.mAP50-95": 0.2}]
+    assert _best_epoch(rows) == 3
+    assert _best_epoch([{"val.mAP50-95": 0.3}, {"val.mAP50-95": 0.1}]) == 0
+    assert _best_epoch([{}, {}]) is None

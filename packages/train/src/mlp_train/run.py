@@ -144,7 +144,7 @@ def train(
         # group down under them can hang; the launcher ends them when this process fails.
         raise
     if tracker is not None:
-        result.tracking = _tracking_summary(tracker)
+        result.tracking = tracking_summary(tracker)
         tracker.end_run()
     dist.shutdown()
     return result
@@ -154,7 +154,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, float]:
     """Recompute a finished run's metrics and plots on ``split`` from its saved model."""
     run_dir = Path(run_dir)
     files = RunFiles(run_dir)
-    config = _read_run_config(run_dir)
+    config = read_run_config(run_dir)
     if is_detection(config):
         from mlp_train.detection.run import evaluate_detection
 
@@ -269,7 +269,8 @@ def _headline(key: str) -> bool:
     return key.rpartition(".")[2] in HEADLINE
 
 
-def _tracking_summary(tracker: ExperimentTracker) -> dict[str, str]:
+def tracking_summary(tracker: ExperimentTracker) -> dict[str, str]:
+    """What a run reports of its tracking: the MLflow run id and store, when MLflow tracked it."""
     # The MLflow side of the composite tracker (None when MLflow is not installed).
     remote = getattr(tracker, "remote", None)
     run_id, uri = getattr(remote, "run_id", None), getattr(remote, "tracking_uri", None)
@@ -336,7 +337,7 @@ def _resume_config(
             f"{run_dir} is not a run folder (no {RunFiles.CONFIG})",
             hint="Pass the folder `mlp train` printed as its last line.",
         )
-    saved = _read_run_config(run_dir, overrides)
+    saved = read_run_config(run_dir, overrides)
     if config_path is not None:
         asked = load_config(config_path, overrides, schema=TrainConfig)
         if asked.model.model_dump() != saved.model.model_dump():
@@ -348,7 +349,8 @@ def _resume_config(
     return saved
 
 
-def _read_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def read_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The config a run folder saved, with ``overrides`` (``key=value``) applied."""
     path = RunFiles(run_dir).config
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))

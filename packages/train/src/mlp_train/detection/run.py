@@ -73,7 +73,7 @@ def train_detection(
     config: Any, run_dir: Path, *, resume: bool = False, source: str | None = None
 ) -> Any:
     """Train a detection config into ``run_dir`` (a new folder, or a run to resume)."""
-    from mlp_train.run import BestEpoch, RunResult, _tracking_summary
+    from mlp_train.run import BestEpoch, RunResult, tracking_summary
 
     require_ultralytics()
     from mlp_models.ultralytics_env import import_ultralytics, preserved_threads
@@ -126,7 +126,7 @@ def train_detection(
         else None,
         plots=result["plots"],
     )
-    run.tracking = _tracking_summary(tracker)
+    run.tracking = tracking_summary(tracker)
     tracker.end_run()
     return run
 
@@ -134,7 +134,7 @@ def train_detection(
 def evaluate_detection(run_dir: str | Path, split: str = "test") -> dict[str, float]:
     """Recompute a detection run's metrics on ``split`` with ultralytics' validator on
     ``weights/best.pt`` (the mAP ultralytics' own ``val`` gives), and its plots."""
-    from mlp_train.run import _read_run_config
+    from mlp_train.run import read_run_config
 
     require_ultralytics()
     from mlp_models.ultralytics_env import import_ultralytics, preserved_threads
@@ -142,7 +142,7 @@ def evaluate_detection(run_dir: str | Path, split: str = "test") -> dict[str, fl
     import_ultralytics()
     run_dir = Path(run_dir)
     files = RunFiles(run_dir)
-    config = _read_run_config(run_dir)
+    config = read_run_config(run_dir)
     adapter = _adapter(config, str(files.config))
     _check_same_preprocessing(run_dir, adapter)
     if split != "train" and not adapter.split_images(split):
@@ -238,7 +238,8 @@ def _trainer(config: Any, run_dir: Path, data_yaml: Path, *, resume: bool) -> An
     if resume and last.exists():
         # ultralytics strips a finished run's last.pt (its epoch becomes -1): the model file
         # and metrics.json say the run is done.
-        finished = RunFiles(run_dir).model.exists() and RunFiles(run_dir).metrics.exists()
+        files = RunFiles(run_dir)
+        finished = files.model.exists() and files.metrics.exists()
         if finished or _finished_epochs(last) >= config.training.epochs:
             raise CheckpointError(
                 f"{run_dir} has finished its {config.training.epochs} epochs: nothing to resume",
@@ -338,12 +339,13 @@ def _finish(
 
 
 def _best_epoch(rows: list[dict[str, Any]]) -> int | None:
-    """The epoch ultralytics kept as best.pt, by its rule: fitness is val mAP50-95, and an
-    epoch replaces the best when the best is still 0 or it does better."""
+    """The epoch ultralytics kept as best.pt, by its rule: fitness is val mAP50-95, and it writes
+    best.pt whenever an epoch's fitness equals the best so far, so a tie goes to the later
+    epoch."""
     best, index = None, None
     for position, row in enumerate(rows):
         fitness = row.get("val.mAP50-95")
-        if fitness is not None and (not best or best < fitness):
+        if fitness is not None and (best is None or fitness >= best):
             best, index = fitness, position
     return index
 
