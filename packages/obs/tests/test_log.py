@@ -70,6 +70,22 @@ def test_leaving_a_nested_context_restores_the_outer_values(tmp_path: Path) -> N
     assert "request_id" not in after and "model" not in after
 
 
+def test_a_block_that_raises_still_restores_the_outer_values(tmp_path: Path) -> None:
+    log_file = tmp_path / "run.jsonl"
+    configure_logging("INFO", json_file=log_file, console=False)
+    log = get_logger("mlp.test")
+
+    with bind_context(request_id="outer"):
+        with pytest.raises(ValueError), bind_context(request_id="inner"):
+            raise ValueError("a failed request")
+        log.info("outer")
+    log.info("after")
+
+    outer, after = read_lines(log_file)
+    assert outer["request_id"] == "outer"
+    assert "request_id" not in after
+
+
 def test_concurrent_tasks_each_log_their_own_context(tmp_path: Path) -> None:
     log_file = tmp_path / "run.jsonl"
     configure_logging("INFO", json_file=log_file, console=False)

@@ -16,7 +16,7 @@ import pytest
 
 from mlp_serve.batching import DynamicBatcher, RunFailed
 from mlp_serve.config import BatchingConfig
-from mlp_serve.errors import ModelUnavailable, QueueFull
+from mlp_serve.errors import DeadlineExceeded, ModelUnavailable, QueueFull
 
 
 class Recorder:
@@ -207,7 +207,7 @@ def test_under_load_a_leader_waits_for_as_many_requests_as_the_last_batch_held(e
 
 def test_a_lone_caller_never_waits_for_company_and_a_drop_in_load_costs_one_wait(executor):
     recorder = FirstRunWaits()
-    runner = company_batcher(recorder, executor, company_wait=0.3)
+    runner = company_batcher(recorder, executor, company_wait=2.0)
     batch_behind_a_first_run(runner, recorder, 2)
     took = []
     for i in range(3):  # one caller now, one request at a time
@@ -215,8 +215,23 @@ def test_a_lone_caller_never_waits_for_company_and_a_drop_in_load_costs_one_wait
         np.testing.assert_array_equal(runner.run_in_thread(rows(i), ["y"])["y"], rows(2 * i)["x"])
         took.append(time.perf_counter() - started)
     assert recorder.batches == [1, 2, 1, 1, 1]
-    assert took[0] >= 0.3  # the first waited for a second request, in vain
-    assert max(took[1:]) < 0.3  # then a batch of one: nobody waits
+    assert took[0] >= 2.0  # the first waited for a second request, in vain
+    assert max(took[1:]) < 1.0  # then a batch of one: nobody waits (for the 2 s)
+
+
+def test_a_caller_whose_time_runs_out_during_a_company_wait_is_withdrawn(executor):
+    recorder = FirstRunWaits()
+    runner = company_batcher(recorder, executor, company_wait=1.0)
+    batch_behind_a_first_run(runner, recorder, 3)  # the next leader waits for three
+    with ThreadPoolExecutor(2) as callers:
+        leader = callers.submit(runner.run_in_thread, rows(1), ["y"])
+        time.sleep(0.05)  # the leader waits for company
+        late = callers.submit(runner.run_in_thread, rows(2), ["y"], timeout=0.1)
+        with pytest.raises(DeadlineExceeded):
+            late.result(10)
+        np.testing.assert_array_equal(leader.result(10)["y"], rows(2)["x"])
+    assert recorder.batches == [1, 3, 1]  # the withdrawn request's row never ran
+    assert runner.withdrawn == 1
 
 
 def test_without_company_wait_requests_apart_run_alone(executor):

@@ -209,23 +209,36 @@ def test_middleware_added_to_the_app_wraps_the_inference_route_too(repo: Path) -
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 body = infer_body(ROWS)
-                return [
+                answers = [
                     await client.post("/v2/models/linear/infer", json=body),
                     await client.get("/v2/health/live"),
                     await client.post(
                         "/v2/models/linear/infer", json=body, headers={"x-explode": "1"}
                     ),
+                    await client.post(
+                        "/v2/models/linear/infer", json=body, headers={"x-request-id": "abc-123"}
+                    ),
+                    await client.post(
+                        "/v2/models/linear/infer", json=body, headers={"x-request-id": "no way!"}
+                    ),
                 ]
+            # Started: a middleware added now would reach neither stack, so it is refused.
+            with pytest.raises(RuntimeError, match="after an application has started"):
+                app.add_middleware(Stamp)
+            return answers
         finally:
             await plane.stop(1)
 
-    answered, health, exploded = asyncio.run(scenario())
+    answered, health, exploded, given_id, bad_id = asyncio.run(scenario())
     assert answered.status_code == 200
     assert answered.json()["outputs"][0]["data"] == pytest.approx((ROWS @ W + B).ravel().tolist())
     assert answered.headers["x-stamp"] == "yes" and answered.headers["x-request-id"]
     assert health.headers["x-stamp"] == "yes"  # FastAPI's routes, as before
     assert exploded.status_code == 500
     assert exploded.json() == {"error": "internal error: RuntimeError"}
+    assert given_id.headers["x-request-id"] == "abc-123"  # the client's id, echoed
+    assert bad_id.status_code == 200 and bad_id.headers["x-request-id"] != "no way!"
+    assert len(bad_id.headers["x-request-id"]) == 32  # replaced by one of ours
 
 
 def test_nan_in_and_out_as_the_standard_library_writes_it(repo: Path) -> None:

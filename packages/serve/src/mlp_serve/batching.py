@@ -268,8 +268,8 @@ class DynamicBatcher:
 
     def run_alone(self, feeds: Arrays, outputs: Sequence[str]) -> Arrays:
         """Run at once in the calling thread, outside the queue: for a quick model's request on
-        the event loop (:mod:`mlp_serve.inline`), where requests arrive one at a time and would
-        form batches of one anyway, so the queue's bookkeeping is pure cost. onnxruntime runs a
+        the event loop, or in a gRPC call's thread when nothing is queued (:mod:`mlp_serve.inline`),
+        where the queue's bookkeeping and hand-offs cost more than the run. onnxruntime runs a
         session in several threads at once: it may overlap a batch that a gRPC caller leads."""
         start = time.perf_counter()
         results = _run_safely(self._run, feeds, tuple(outputs))

@@ -45,7 +45,7 @@ from mlp_serve.errors import (
     ModelUnavailable,
     QueueFull,
 )
-from mlp_serve.inline import INLINE_MAX_SECONDS, runs_inline
+from mlp_serve.inline import is_quick, runs_inline
 from mlp_serve.ratelimit import rate_limiter_for
 from mlp_serve.repository import ModelRepository, ModelVersion
 from mlp_serve.runtime import ModelRuntime
@@ -327,9 +327,10 @@ class DataPlane:
                 feeds, names = self._validate(entry, request)
                 runner = entry.runner
                 if not runner.queued and runs_inline(entry.runtime, self.config.batching, feeds):
-                    # A quick model and nothing queued: this thread would lead a batch of its
-                    # own request anyway; the queue's bookkeeping and hand-offs cost more than
-                    # the run (mlp_serve.inline).
+                    # A quick model and nothing queued: at most this call would wait for a
+                    # running batch, then run alone; it overlaps that batch instead, and skips
+                    # the queue's bookkeeping and hand-offs, which cost more than the run
+                    # (mlp_serve.inline).
                     results = runner.run_alone(feeds, names)
                 else:
                     results = runner.run_in_thread(feeds, names, timeout=timeout, on_end=on_end)
@@ -416,13 +417,12 @@ class DataPlane:
         if self.config.batching.enabled and max_batch_size > 0:
             # A quick model's calls run alone (mlp_serve.inline); a slower one's wait for company
             # under load, since merging saves more than the wait costs.
-            quick = runtime.run_seconds is not None and runtime.run_seconds < INLINE_MAX_SECONDS
             return DynamicBatcher(
                 runtime.run,
                 self._executor,
                 self.config.batching,
                 observe,
-                company_wait=0.0 if quick else COMPANY_WAIT_SECONDS,
+                company_wait=0.0 if is_quick(runtime) else COMPANY_WAIT_SECONDS,
             )
         return DirectRunner(runtime.run, self._executor, observe)
 

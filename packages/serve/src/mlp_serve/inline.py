@@ -1,4 +1,5 @@
-"""Whether a REST request's model runs on the event loop itself, without a hop to a thread.
+"""Whether a request runs at once where it arrived (the event loop for REST, the call's thread
+for gRPC), without a hop to a thread or a place in the batcher's queue.
 
 REST requests arrive on the event loop, which must not block, so the runners hand each run to a
 thread of the data plane's pool and the loop awaits the answer. For a model that runs in a few
@@ -10,9 +11,9 @@ So a quick model's REST request runs on the loop's thread, at once and on its ow
 (``runner.run_alone``): merged with others it would save a few microseconds of a run that costs
 less than the hop. A slower model's requests go through the batcher instead: while one batch runs
 in the pool, the loop reads the next requests, and they run together. A gRPC call to a quick model
-runs at once in its own thread by the same rule when nothing is queued (it would lead a batch of
-its own request anyway), and joins the queue when others wait; onnxruntime lets these runs
-overlap each other and a batch. The loop blocks for one quick run at most. A model is quick when
+runs at once in its own thread by the same rule when nothing is queued (at most it would wait for
+a running batch, then run alone; onnxruntime lets it overlap that batch instead), and joins the
+queue when others wait. The loop blocks for one quick run at most. A model is quick when
 its warm-up run (a batch of one) took under :data:`INLINE_MAX_SECONDS`, and a request is small
 enough when its rows times that time stay under :data:`INLINE_MAX_REQUEST_SECONDS`: a request of
 many rows goes to the pool, so the loop never stalls behind it. A runner with a queue delay keeps
@@ -36,18 +37,24 @@ from mlp_serve.runtime import ModelRuntime
 # at concurrency 1, 1,433 against 1,755). An image model's convolutions take milliseconds.
 INLINE_MAX_SECONDS = 0.00005
 # The longest a request may keep the loop, estimated as rows x the warm-up run (an upper bound:
-# onnxruntime runs a batch in less than its rows run one by one).
+# onnxruntime runs a batch in less than its rows run one by one). A gRPC call's thread blocks
+# nobody else, but a request of many rows gains from the queue's batching just the same.
 INLINE_MAX_REQUEST_SECONDS = 0.002
+
+
+def is_quick(runtime: ModelRuntime) -> bool:
+    """Whether ``runtime``'s warm-up run took under :data:`INLINE_MAX_SECONDS`."""
+    return runtime.run_seconds is not None and runtime.run_seconds < INLINE_MAX_SECONDS
 
 
 def runs_inline(
     runtime: ModelRuntime, batching: BatchingConfig, feeds: Mapping[str, np.ndarray]
 ) -> bool:
-    """Whether this REST request (its validated ``feeds``) to ``runtime`` runs on the loop
-    (see the module docstring)."""
-    seconds = runtime.run_seconds
-    if seconds is None or seconds >= INLINE_MAX_SECONDS:
+    """Whether this request (its validated ``feeds``) to ``runtime`` runs at once where it
+    arrived (see the module docstring)."""
+    if not is_quick(runtime):
         return False
+    seconds = runtime.run_seconds or 0.0
     if batching.enabled and batching.max_queue_delay_ms > 0:
         return False
     first = next(iter(feeds.values()), None)

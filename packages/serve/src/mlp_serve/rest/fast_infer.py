@@ -109,7 +109,12 @@ class ServeApp(FastAPI):
     def _build_fast_stack(self, route: FastInferRoute) -> ASGIApp:
         """The route inside every middleware added to the app, as Starlette stacks them, and
         the last-resort 500 handler around them all. Built on the first request, as Starlette
-        builds its own stack: every middleware is added by then."""
+        builds its own stack: every middleware is added by then. Starlette's own stack is built
+        with it, so that adding a middleware afterwards is refused for both. Each middleware
+        class is instantiated once per stack: middleware with state keeps it outside itself
+        (the rate limiter's buckets live in the data plane)."""
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
         handlers = self.exception_handlers
         last_resort = handlers.get(500, handlers.get(Exception))
         app: ASGIApp = route.handle

@@ -48,20 +48,10 @@ class RequestContext:
         request_id = given if given and _VALID_ID.match(given) else f"{_ids.getrandbits(128):032x}"
         scope.setdefault("state", {})["request_id"] = request_id
         id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
-        if not self.access_log:
+        status = 500
+        start = time.perf_counter() if self.access_log else 0.0
 
-            async def send_with_id(message: dict) -> None:
-                if message["type"] == "http.response.start":
-                    message["headers"] = [*message.get("headers", ()), id_header]
-                await send(message)
-
-            with bind_context(request_id=request_id):
-                await self.app(scope, receive, send_with_id)
-            return
-
-        status, start = 500, time.perf_counter()
-
-        async def send_logged(message: dict) -> None:
+        async def send_with_id(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -70,16 +60,17 @@ class RequestContext:
 
         with bind_context(request_id=request_id):
             try:
-                await self.app(scope, receive, send_logged)
+                await self.app(scope, receive, send_with_id)
             finally:
-                access_log.info(
-                    "request",
-                    method=scope.get("method"),
-                    path=scope.get("path"),
-                    status=status,
-                    ms=round((time.perf_counter() - start) * 1000, 3),
-                    client=(scope.get("client") or ("", 0))[0],
-                )
+                if self.access_log:
+                    access_log.info(
+                        "request",
+                        method=scope.get("method"),
+                        path=scope.get("path"),
+                        status=status,
+                        ms=round((time.perf_counter() - start) * 1000, 3),
+                        client=(scope.get("client") or ("", 0))[0],
+                    )
 
 
 class BodyLimit:
