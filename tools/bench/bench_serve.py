@@ -765,9 +765,14 @@ def print_goals(table: dict, specs: tuple[ModelSpec, ...], levels: list[int]) ->
             if c == max(levels):
                 lines.append(ratio_line(table, (m, "mlp", "rest", c), competent, ">= 1.0x", 1.0))
                 lines.append(ratio_line(table, (m, "mlp", "grpc", c), competent, ">= 1.5x", 1.5))
-                # Context for that goal: what grpcio allows at all, doing nothing.
-                floor = (m, "grpc-floor", "grpc", c)
-                lines.append(ratio_line(table, floor, competent, ">= 1.5x", 1.5))
+                # Context for that goal, not a goal: what grpcio allows at all, doing nothing.
+                floor, base = table.get((m, "grpc-floor", "grpc", c)), table.get(competent)
+                if floor is not None and base is not None and base.rps:
+                    lines.append(
+                        f"{m:<10} c={c:<3} (context) grpc-floor grpc / competent rest: req/s "
+                        f"{floor.rps:>6.0f} / {base.rps:>6.0f} = {floor.rps / base.rps:.2f}x, "
+                        "the most any servicer on grpcio reaches"
+                    )
             # The same protocol's competent baseline (DEVELOPERS.md: compare against the
             # strongest version a capable user would write).
             same = (m, "competent-grpc", "grpc", c)
