@@ -57,6 +57,21 @@ def test_boxes_at_the_confidence_threshold_may_differ():
     assert record["passed"] and record["excused"]["confidence"] == 1
 
 
+def test_at_the_noise_floor_a_paired_box_and_its_class_may_differ_but_not_above_it():
+    # Both scores within the score tolerance of the confidence threshold: the box and the class
+    # of such a detection are noise too, so the pair is counted, not failed.
+    def faint(score: float, shift: float, cls: int) -> tuple[np.ndarray, np.ndarray]:
+        reference = np.concatenate([REFERENCE, rows((40, 40, 60, 60, score, 0))])
+        served = np.concatenate([REFERENCE, rows((40 + shift, 40, 60 + shift, 60, score, cls))])
+        return reference, served
+
+    for shift, cls in ((3.0, 0), (0.0, 1)):  # IoU 0.74, or the class crossed
+        record = compare(*faint(0.2508, shift, cls))
+        assert record["passed"] and record["excused"]["confidence"] == 1, record
+        record = compare(*faint(0.3, shift, cls))  # the same difference, above the floor
+        assert not record["passed"] and record["excused"]["confidence"] == 0, record
+
+
 def test_an_nms_decision_at_the_iou_threshold_may_differ_but_a_broken_nms_fails():
     # A second box of class 0 overlapping the first at IoU 0.7 (the threshold): one side
     # suppressed it, the other kept it.

@@ -25,6 +25,8 @@ from mlp_serve.errors import BundleError
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+# A detection bundle exported with --format torchscript also holds the network as TorchScript.
+TORCHSCRIPT_FILE = "model.torchscript"
 FORMAT = "mlp.bundle"
 
 

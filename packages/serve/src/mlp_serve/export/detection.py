@@ -30,7 +30,7 @@ from mlp_core.errors import MissingDependencyError
 from mlp_core.image_spec import ImageEvalSpec
 from mlp_core.tensors import TensorSpec
 from mlp_models import BaseModel
-from mlp_serve.bundle import DetectionDefaults, Parity
+from mlp_serve.bundle import TORCHSCRIPT_FILE, DetectionDefaults, Parity
 from mlp_serve.detection import DETECTION_OUTPUTS, DetectionParams
 from mlp_serve.errors import BundleError
 from mlp_serve.export import detection_network as nets
@@ -51,7 +51,6 @@ from mlp_serve.export.run_folder import RunFolder
 INSTALL = "mlp-serve[yolo]"
 KIND = "detection"
 WEIGHTS = Path("weights") / "best.pt"  # ultralytics' own checkpoint, written by mlp train
-TORCHSCRIPT_FILE = "model.torchscript"
 REFERENCE = f"ultralytics predict on {WEIGHTS.as_posix()} (CPU, fp32)"
 
 

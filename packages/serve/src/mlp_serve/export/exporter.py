@@ -41,6 +41,7 @@ from mlp_core.versions import mlp_packages
 from mlp_models import BaseModel, load_model
 from mlp_serve.bundle import (
     MODEL_FILE,
+    TORCHSCRIPT_FILE,
     FeatureSchema,
     Manifest,
     write_manifest,
@@ -117,7 +118,7 @@ def export_run(
     extra_files: dict[str, bytes] = {}
     if export_format == "torchscript" and isinstance(exported, detection.DetectionExport):
         data, record = exported.torchscript(fp32.outputs)
-        extra_files[detection.TORCHSCRIPT_FILE] = data
+        extra_files[TORCHSCRIPT_FILE] = data
         training["formats"] = {"onnx": MODEL_FILE, "torchscript": record}
 
     shipped, precision, quantization = fp32, "fp32", None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlp_obs.tracking.defaults import DATABASE_NAME, TRACKING_URI_ENV, sqlite_uri
-from mlp_serve.bundle import MANIFEST_FILE, MODEL_FILE
+from mlp_serve.bundle import MANIFEST_FILE, MODEL_FILE, TORCHSCRIPT_FILE
 from mlp_serve.export.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def log_bundle(run: RunFolder, bundle: Path, *, name: str, version: int) -> dict
 
 
 # Files of a bundle logged beside its model.onnx when present (--format torchscript).
-EXTRA_FILES = (MANIFEST_FILE, "model.torchscript")
+EXTRA_FILES = (MANIFEST_FILE, TORCHSCRIPT_FILE)
 
 
 def _extra_files(bundle: Path) -> list[str]:
