@@ -66,20 +66,11 @@ SERVER_CORE, CLIENT_CORE = 0, 1
 # -- the model ---------------------------------------------------------------------------
 
 
-def letterbox_spec(imgsz: int) -> dict:
-    return {
-        "kind": "image",
-        "version": 1,
-        "color_mode": "RGB",
-        "resize_mode": "letterbox",
-        "resize_size": [imgsz, imgsz],
-        "crop_size": [imgsz, imgsz],
-        "interpolation": "bilinear",
-        "pad_value": 114,
-        "scale": 1 / 255,
-        "mean": [0.0, 0.0, 0.0],
-        "std": [1.0, 1.0, 1.0],
-    }
+def spec_of_runs(imgsz: int) -> ImageEvalSpec:
+    """The letterbox spec `mlp train` writes into a detection run (torch comes with mlp_data)."""
+    from mlp_data.detection.adapter import letterbox_spec
+
+    return letterbox_spec(imgsz)
 
 
 def bundle_from_run(run: Path, repo: Path) -> tuple[Path, Path]:
@@ -128,7 +119,7 @@ def untrained_bundle(repo: Path, work: Path, imgsz: int) -> tuple[Path, Path]:
         "outputs": [{"name": "output0", "datatype": "FP32", "shape": [-1, 7, anchors]}],
         "class_labels": CLASSES,
         "detection": {"confidence": 0.25, "iou": 0.7, "max_detections": 300},
-        "preprocessing": letterbox_spec(imgsz),
+        "preprocessing": spec_of_runs(imgsz).to_dict(),
         "sha256": sha256_file(folder / "model.onnx"),
         "opset": 17,
     }
@@ -164,15 +155,18 @@ def shapes_images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
 
 
 def run_images(run: Path, count: int) -> list[Image.Image]:
-    """The run's own test images (its dataset's ``images/test``), up to ``count``."""
+    """The run's own images (test, else val, else train, as the export gate finds them), up to
+    ``count``: its dataset given as a folder or as a data.yaml."""
     import yaml
+
+    from mlp_serve.export.detection_parity import detection_samples
 
     data = Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["path"])
     data = data if data.is_absolute() else ROOT / data
-    paths = sorted((data / "images" / "test").glob("*"))[:count]
-    if not paths:
-        raise SystemExit(f"no test images under {data}")
-    return [Image.open(path).convert("RGB") for path in paths]
+    samples = detection_samples(data, spec_of_runs(64), limit=count)
+    if "synthetic" in samples.source:
+        raise SystemExit(f"no images in the dataset of {run} ({data})")
+    return [Image.fromarray(pixels) for pixels in samples.images]
 
 
 # -- the server --------------------------------------------------------------------------

@@ -262,3 +262,26 @@ def test_the_best_epoch_is_the_one_ultralytics_kept_as_best_pt():
     assert _best_epoch(rows) == 3
     assert _best_epoch([{"val.mAP50-95": 0.3}, {"val.mAP50-95": 0.1}]) == 0
     assert _best_epoch([{}, {}]) is None
+
+
+def test_ultralytics_finds_the_images_of_a_run_under_a_relative_folder(tmp_path, monkeypatch):
+    # mlp train writes under a relative runs/ by default; ultralytics resolves a relative path
+    # of data.yaml against its `path`, which doubled the run folder and found no images.
+    from mlp_data import create_adapter
+    from mlp_train.detection.run import write_ultralytics_data
+
+    data = train_helpers.write_shapes_dataset(
+        tmp_path / "shapes", n_train=4, n_val=2, n_test=2, image_size=SHAPES_IMGSZ, seed=0
+    )
+    adapter = create_adapter({"adapter": "yolo", "path": str(data), "imgsz": SHAPES_IMGSZ})
+    adapter.prepare()
+    monkeypatch.chdir(tmp_path)
+    data_yaml = write_ultralytics_data(adapter, Path("runs") / "r1" / "ultralytics")
+    import_ultralytics()  # offline switches first
+    from ultralytics.data.utils import check_det_dataset
+
+    with preserved_threads():
+        found = check_det_dataset(str(data_yaml))
+    for split, count in (("train", 4), ("val", 2), ("test", 2)):
+        listed = Path(found[split]).read_text().split()
+        assert len(listed) == count and all(Path(p).is_file() for p in listed), (split, found)

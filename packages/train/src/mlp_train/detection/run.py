@@ -203,7 +203,10 @@ def validate_split(
 
 
 def write_ultralytics_data(adapter: YOLOAdapter, folder: Path) -> Path:
-    """``folder/data.yaml`` naming, per split, a list of the images the adapter checked."""
+    """``folder/data.yaml`` naming, per split, a list of the images the adapter checked. Every
+    path in it is absolute: ultralytics resolves a relative one against the yaml's ``path``,
+    which doubled a relative run folder (``mlp train`` writes under ``runs/`` by default)."""
+    folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     document: dict[str, Any] = {"path": str(folder)}
     for split in ("train", "val", "test"):
