@@ -48,14 +48,22 @@ def shapes_image(rng: np.random.Generator, size: tuple[int, int] = (IMGSZ, IMGSZ
     return image
 
 
-def write_shapes_data(folder: Path, *, test_images: int = 6) -> Path:
-    """A YOLO dataset folder (data.yaml, images/{train,val,test}); labels are not needed here."""
+def write_shapes_data(
+    folder: Path, *, test_images: int = 6, test_sizes: list[tuple[int, int]] | None = None
+) -> Path:
+    """A YOLO dataset folder (data.yaml, images/{train,val,test}); labels are not needed here.
+    ``test_sizes`` ([h, w] each) gives the test images other sizes than the model's."""
     rng = np.random.default_rng(0)
-    for split, count in (("train", 2), ("val", 2), ("test", test_images)):
+    sizes = test_sizes or [(IMGSZ, IMGSZ)] * test_images
+    for split, split_sizes in (
+        ("train", [(IMGSZ, IMGSZ)] * 2),
+        ("val", [(IMGSZ, IMGSZ)] * 2),
+        ("test", sizes),
+    ):
         images = folder / "images" / split
         images.mkdir(parents=True)
-        for index in range(count):
-            shapes_image(rng).save(images / f"{split}_{index}.png")
+        for index, size in enumerate(split_sizes):
+            shapes_image(rng, size).save(images / f"{split}_{index}.png")
     (folder / "data.yaml").write_text(
         "path: .\ntrain: images/train\nval: images/val\ntest: images/test\n"
         f"names: {json.dumps(CLASSES)}\n"

@@ -92,3 +92,19 @@ def test_the_weakest_boxes_of_a_full_side_may_differ():
     assert record["passed"] and record["excused"]["max_detections"] == 2
     stronger = np.concatenate([REFERENCE[:2], rows((40, 40, 60, 60, 0.5, 1))])
     assert not compare(REFERENCE, stronger, params)["passed"]
+
+
+def test_boxes_clipped_flat_pair_as_their_extents():
+    """A box wholly in the padding below a 48 x 80 image is clipped to y1 == y2 == 48 on both
+    sides (ultralytics keeps it): no area, but the same box."""
+    flat = rows((0, 48, 80, 48, 0.9, 0), (0, 48, 68.4, 48, 0.7, 2), (10, 10, 30, 30, 0.6, 1))
+    same = compare(flat, flat[::-1].copy())
+    assert same["passed"] and same["paired"] == 3 and same["min_iou"] == 1.0
+    shorter = flat.copy()
+    shorter[1, 2] = 60.0  # the flat box's extent: 60 / 68.4 = IoU 0.88
+    record = compare(flat, shorter)
+    assert not record["passed"] and "IoU 0.877" in record["failures"][0]
+    elsewhere = flat.copy()
+    elsewhere[0, [1, 3]] = 0.0  # flat at the top instead: not the same box
+    record = compare(flat, elsewhere)
+    assert not record["passed"] and record["unexplained"] == 2
