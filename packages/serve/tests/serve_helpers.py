@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -366,3 +368,11 @@ def cuda_libraries_load() -> bool:
     except OSError:
         return False
     return True
+
+
+def wait_for(condition: Callable[[], object], seconds: float = 20.0) -> None:
+    """Return once ``condition()`` holds; fail the test if it has not within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)

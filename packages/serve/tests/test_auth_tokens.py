@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-from serve_helpers import cpu_config, linear_model, write_bundle
+from serve_helpers import cpu_config, linear_model, wait_for, write_bundle
 from tritonclient.utils import InferenceServerException
 
 from mlp_core.errors import ConfigError
@@ -40,13 +40,6 @@ def bearer(token: str) -> dict[str, str]:
 def infer_status(url: str, token: str | None) -> int:
     headers = bearer(token) if token else {}
     return httpx.post(f"{url}/v2/models/linear/infer", json=BODY, headers=headers).status_code
-
-
-def wait_until(condition, seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.05)
 
 
 def grpc_infer_code(address: str, token: str | None) -> str:
@@ -145,21 +138,21 @@ def test_tokens_file_scopes_on_grpc_and_rotation_without_a_restart(repo, tmp_pat
         staged = tmp_path / "tokens.new"
         staged.write_text(f"inference {NEW_TOKEN}\nadmin {ADMIN_TOKEN}\n")
         os.replace(staged, tokens)
-        wait_until(lambda: infer_status(url, NEW_TOKEN) == 200)
+        wait_for(lambda: infer_status(url, NEW_TOKEN) == 200)
         assert infer_status(url, INFER_TOKEN) == 401
         assert grpc_infer_code(address, INFER_TOKEN) == "StatusCode.UNAUTHENTICATED"
         assert grpc_infer_code(address, NEW_TOKEN) == "OK"
 
         # An edit in place (same inode) is seen too.
         tokens.write_text(f"inference {INFER_TOKEN}\n")
-        wait_until(lambda: infer_status(url, INFER_TOKEN) == 200)
+        wait_for(lambda: infer_status(url, INFER_TOKEN) == 200)
         assert infer_status(url, NEW_TOKEN) == 401
         unload = f"{url}/v2/repository/models/linear/unload"
         assert httpx.post(unload, headers=bearer(ADMIN_TOKEN)).status_code == 401
 
         # Every inference token dropped: inference is refused, not opened.
         tokens.write_text(f"admin {ADMIN_TOKEN}\n")
-        wait_until(lambda: infer_status(url, ADMIN_TOKEN) == 403)
+        wait_for(lambda: infer_status(url, ADMIN_TOKEN) == 403)
         assert infer_status(url, None) == 401 and infer_status(url, INFER_TOKEN) == 401
 
 

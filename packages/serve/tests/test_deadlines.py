@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from grpc_helpers import INFERENCE, GrpcServerThread
-from serve_helpers import cpu_config, linear_model, write_bundle
+from serve_helpers import cpu_config, linear_model, wait_for, write_bundle
 
 from mlp_obs.metrics import render
 from mlp_serve._generated import mlp_inference_pb2 as pb
@@ -51,13 +51,6 @@ def metric(text: str, name: str, **labels: str) -> float:
         if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def wait_for(condition, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -9,27 +9,18 @@ that is what makes "a batch is running" and "others are queued" states the test 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
 from grpc_helpers import GrpcServerThread, linear_infer
-from serve_helpers import B, W, cpu_config, linear_model, write_bundle
+from serve_helpers import B, W, cpu_config, linear_model, wait_for, write_bundle
 
 from mlp_serve.batching import DynamicBatcher
 from mlp_serve.runtime import ModelRuntime
 
 BLOCKER = np.full((1, 4), 1000.0, dtype=np.float32)
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from serve_helpers import B, W, cpu_config, linear_model, write_bundle
+from serve_helpers import B, W, cpu_config, linear_model, wait_for, write_bundle
 from tritonclient.utils import InferenceServerException
 
 from mlp_core.files import sha256_file
@@ -22,15 +22,6 @@ def infer(client, name="linear", version=""):
     tensor.set_data_from_numpy(X)
     result = client.infer(name, [tensor], model_version=version)
     return result.get_response()["model_version"], result.as_numpy("y")
-
-
-def wait_for(condition, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def client_for(server):

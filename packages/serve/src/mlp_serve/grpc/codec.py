@@ -115,7 +115,7 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
             data = _decode_contents(name, datatype, shape, tensor.contents)
         inputs.append(Tensor(name, datatype, shape, data, decode_parameters(tensor.parameters)))
     outputs = [
-        RequestedOutput(output.name, False, decode_parameters(output.parameters))
+        RequestedOutput(output.name, parameters=decode_parameters(output.parameters))
         for output in message.outputs
     ]
     return InferRequest(inputs, outputs, message.id, decode_parameters(message.parameters))
