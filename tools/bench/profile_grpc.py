@@ -9,8 +9,11 @@ not) for:
   bytes without reading the request: bench_workers.py's floor, the issue's "do-nothing" server;
 - ``floor + proto``: the same, parsing the ModelInferRequest and returning an empty
   ModelInferResponse through protobuf (what any servicer of the proto pays);
+- ``bare onnxruntime``: competent_grpc_server.py's servicer (the raw input as an array,
+  onnxruntime with one thread, the raw output back; no checks, no metrics) on the same server;
 - ``mlp``: our gRPC server, as ``mlp serve`` runs it (DataPlane + ``create_grpc_server``, the
-  default config apart from polling, startup objects frozen);
+  default config apart from polling, startup objects frozen); ``mlp no batching``: the same
+  with ``batching.enabled=false``;
 - ``mlp handler only``: our ModelInfer handler called directly in this thread, one call at a
   time, without grpc: parsing, decoding, validation, the batcher, onnxruntime, encoding, the
   metrics and the response's serialization.
@@ -164,29 +167,16 @@ def empty_response() -> grpc.RpcMethodHandler:
     )
 
 
-def bare_onnxruntime(model: Path) -> grpc.RpcMethodHandler:
-    """A minimal hand-written servicer: the raw input as an array, onnxruntime (one thread, no
-    spinning, as ours gets on one core), the raw output back; no checks, no metrics."""
-    import onnxruntime as ort
+def bare_onnxruntime(repo: Path) -> grpc.RpcMethodHandler:
+    """competent_grpc_server.py's servicer (a capable user's, beside this script) as a method."""
+    from competent_grpc_server import Servicer
+    from tritonclient.grpc import service_pb2 as triton_pb
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-
-    def infer(request: pb.ModelInferRequest, context: grpc.ServicerContext) -> Any:
-        tensor = request.inputs[0]
-        x = np.frombuffer(request.raw_input_contents[0], "<f4").reshape(tensor.shape)
-        y = cast(np.ndarray, session.run(None, {tensor.name: x})[0])
-        response = pb.ModelInferResponse(model_name=request.model_name, model_version="1")
-        response.outputs.add(name="y", datatype="FP32", shape=y.shape)
-        response.raw_output_contents.append(y.tobytes())
-        return response
-
+    servicer = Servicer(repo, "CPUExecutionProvider", threads=1)
     return grpc.unary_unary_rpc_method_handler(
-        infer,
-        request_deserializer=pb.ModelInferRequest.FromString,
-        response_serializer=pb.ModelInferResponse.SerializeToString,
+        servicer.ModelInfer,
+        request_deserializer=triton_pb.ModelInferRequest.FromString,
+        response_serializer=triton_pb.ModelInferResponse.SerializeToString,
     )
 
 
@@ -307,9 +297,7 @@ def main() -> None:
         floors = {
             "floor": FloorServer(do_nothing()),
             "floor + proto": FloorServer(empty_response()),
-            "bare onnxruntime": FloorServer(
-                bare_onnxruntime(repo / spec.name / "1" / "model.onnx")
-            ),
+            "bare onnxruntime": FloorServer(bare_onnxruntime(repo)),
         }
 
         def over_grpc(port: int, answered: int) -> Callable[[], float]:
