@@ -176,6 +176,18 @@ def test_evaluate_gives_the_map_of_ultralytics_val_on_the_same_weights(
     assert saved["test.mAP50"] == pytest.approx(ours["test.mAP50"], abs=1e-9)
 
 
+def test_resuming_a_finished_run_is_refused_and_changes_nothing(
+    resumed: tuple[Path, str],
+) -> None:
+    run_dir, _ = resumed
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    done = mlp("train", "--resume", str(run_dir))
+    assert done.returncode != 0
+    assert "nothing to resume" in done.stderr and "training.epochs" in done.stderr, done.stderr
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before  # not a file written, touched or removed
+
+
 def test_ctrl_c_in_the_first_epoch_leaves_a_checkpoint(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     command = [str(Path(sys.executable).with_name("mlp")), "train"]

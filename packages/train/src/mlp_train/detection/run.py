@@ -78,6 +78,8 @@ def train_detection(
     require_ultralytics()
     from mlp_models.ultralytics_env import import_ultralytics, preserved_threads
 
+    if resume:
+        _refuse_finished(config, run_dir)
     files = RunFiles(run_dir)
     save_config(config, files.config)
     configure_logging(json_file=files.log)
@@ -239,15 +241,6 @@ def _trainer(config: Any, run_dir: Path, data_yaml: Path, *, resume: bool) -> An
 
     last = weights_of(run_dir, "last")
     if resume and last.exists():
-        # ultralytics strips a finished run's last.pt (its epoch becomes -1): the model file
-        # and metrics.json say the run is done.
-        files = RunFiles(run_dir)
-        finished = files.model.exists() and files.metrics.exists()
-        if finished or _finished_epochs(last) >= config.training.epochs:
-            raise CheckpointError(
-                f"{run_dir} has finished its {config.training.epochs} epochs: nothing to resume",
-                hint="Start a new run, e.g. with --set training.epochs=N for more epochs.",
-            )
         return RunFolderTrainer(overrides={"resume": str(last), "data": str(data_yaml)})
     if resume:
         # Killed before its first epoch ended: nothing to continue, start again in place.
@@ -256,6 +249,23 @@ def _trainer(config: Any, run_dir: Path, data_yaml: Path, *, resume: bool) -> An
         config, model=_model_source(config), data_yaml=data_yaml, save_dir=run_dir / ULTRALYTICS
     )
     return RunFolderTrainer(overrides=arguments)
+
+
+def _refuse_finished(config: Any, run_dir: Path) -> None:
+    """A ``CheckpointError`` if ``run_dir`` has finished its epochs: nothing to resume. Checked
+    before anything is written, so the refused run folder is left exactly as it was."""
+    last = weights_of(run_dir, "last")
+    if not last.exists():
+        return
+    # ultralytics strips a finished run's last.pt (its epoch becomes -1): the model file and
+    # metrics.json say the run is done.
+    files = RunFiles(run_dir)
+    finished = files.model.exists() and files.metrics.exists()
+    if finished or _finished_epochs(last) >= config.training.epochs:
+        raise CheckpointError(
+            f"{run_dir} has finished its {config.training.epochs} epochs: nothing to resume",
+            hint="Start a new run, e.g. with --set training.epochs=N for more epochs.",
+        )
 
 
 def _finished_epochs(checkpoint: Path) -> int:
