@@ -177,15 +177,27 @@ def test_evaluate_gives_the_map_of_ultralytics_val_on_the_same_weights(
 
 
 def test_resuming_a_finished_run_is_refused_and_changes_nothing(
-    resumed: tuple[Path, str],
+    resumed: tuple[Path, str], tmp_path: Path
 ) -> None:
     run_dir, _ = resumed
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
-    done = mlp("train", "--resume", str(run_dir))
+    home = tmp_path / "home"  # where ultralytics would write its settings without our switches
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("mlp")), "train", "--resume", str(run_dir)],
+        cwd=REPO_ROOT,
+        env={**subprocess_env(), "HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode != 0
     assert "nothing to resume" in done.stderr and "training.epochs" in done.stderr, done.stderr
     after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     assert after == before  # not a file written, touched or removed
+    # Reading the checkpoint imported ultralytics under mlp's offline switches: its settings
+    # went to mlp's folder (without them, to the user's ~/.config/Ultralytics).
+    assert (home / ".cache" / "mlp" / "ultralytics" / "settings.json").is_file()
+    assert not (home / ".config" / "Ultralytics").exists()
 
 
 def test_ctrl_c_in_the_first_epoch_leaves_a_checkpoint(tmp_path: Path) -> None:

@@ -79,6 +79,8 @@ def train_detection(
     from mlp_models.ultralytics_env import import_ultralytics, preserved_threads
 
     if resume:
+        # Reading the checkpoint unpickles ultralytics' classes: its offline switches first.
+        import_ultralytics()
         _refuse_finished(config, run_dir)
     files = RunFiles(run_dir)
     save_config(config, files.config)
