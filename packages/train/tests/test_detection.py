@@ -181,11 +181,14 @@ def test_resuming_a_finished_run_is_refused_and_changes_nothing(
 ) -> None:
     run_dir, _ = resumed
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
-    home = tmp_path / "home"  # where ultralytics would write its settings without our switches
+    # mlp's folder for ultralytics' settings, and no YOLO_CONFIG_DIR inherited from this process
+    # (an earlier test's import_ultralytics sets it here).
+    ours = tmp_path / "ultralytics"
+    env = {k: v for k, v in subprocess_env().items() if k != "YOLO_CONFIG_DIR"}
     done = subprocess.run(
         [str(Path(sys.executable).with_name("mlp")), "train", "--resume", str(run_dir)],
         cwd=REPO_ROOT,
-        env={**subprocess_env(), "HOME": str(home)},
+        env={**env, "MLP_ULTRALYTICS_DIR": str(ours)},
         capture_output=True,
         text=True,
         timeout=240,
@@ -196,7 +199,7 @@ def test_resuming_a_finished_run_is_refused_and_changes_nothing(
     assert after == before  # not a file written, touched or removed
     # Reading the checkpoint imported ultralytics under mlp's offline switches: its settings
     # went to mlp's folder (without them, to the user's own config folder).
-    assert (home / ".cache" / "mlp" / "ultralytics" / "Ultralytics" / "settings.json").is_file()
+    assert (ours / "Ultralytics" / "settings.json").is_file()
 
 
 def test_ctrl_c_in_the_first_epoch_leaves_a_checkpoint(tmp_path: Path) -> None:
